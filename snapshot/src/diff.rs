@@ -1,0 +1,183 @@
+//! Differences between two snapshots, pruned by equal subtree fingerprints:
+//! O(differences × depth), not O(tree).
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::ids::SnapshotId;
+use crate::repo::Repo;
+use crate::store::Store;
+use crate::tree::{DirNode, EntryKind};
+
+/// What happened to a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// In `b`, not in `a`.
+    Added,
+    /// In both, with different content or attributes (mtimes aside).
+    Modified,
+    /// In `a`, not in `b`.
+    Deleted,
+}
+
+/// One changed path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// `/`-separated, relative to the root; directories end without a slash.
+    pub path: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// Size in `b` (in `a` for deletions); 0 for directories.
+    pub size: u64,
+}
+
+impl Repo {
+    /// The paths that differ between snapshots `a` and `b`, in path order.
+    pub fn diff(&self, a: SnapshotId, b: SnapshotId) -> Result<Vec<Change>> {
+        let (sa, sb) = (self.snapshot(a)?, self.snapshot(b)?);
+        let mut out = Vec::new();
+        if sa.root != sb.root {
+            let na = DirNode::load(self.store(), &sa.tree)?;
+            let nb = DirNode::load(self.store(), &sb.tree)?;
+            if na.attrs.mode != nb.attrs.mode
+                || na.attrs.uid != nb.attrs.uid
+                || na.attrs.gid != nb.attrs.gid
+                || na.attrs.xattrs != nb.attrs.xattrs
+            {
+                out.push(Change {
+                    path: String::new(),
+                    kind: ChangeKind::Modified,
+                    size: 0,
+                });
+            }
+            diff_dirs(self.store(), "", &na, &nb, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+fn size_of(k: &EntryKind) -> u64 {
+    match k {
+        EntryKind::File { content, .. } => content.size,
+        EntryKind::Symlink { target, .. } => target.len() as u64,
+        _ => 0,
+    }
+}
+
+fn diff_dirs(
+    store: &Store,
+    prefix: &str,
+    a: &DirNode,
+    b: &DirNode,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    let (mut i, mut j) = (0, 0);
+    while i < a.entries.len() || j < b.entries.len() {
+        let order = match (a.entries.get(i), b.entries.get(j)) {
+            (Some((na, _)), Some((nb, _))) => na.cmp(nb),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (name, k) = &a.entries[i];
+                all(
+                    store,
+                    &format!("{prefix}{name}"),
+                    k,
+                    ChangeKind::Deleted,
+                    out,
+                )?;
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let (name, k) = &b.entries[j];
+                all(store, &format!("{prefix}{name}"), k, ChangeKind::Added, out)?;
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (name, ka) = &a.entries[i];
+                let kb = &b.entries[j].1;
+                let path = format!("{prefix}{name}");
+                match (ka, kb) {
+                    (
+                        EntryKind::Dir {
+                            node: ha, fp: fa, ..
+                        },
+                        EntryKind::Dir {
+                            node: hb, fp: fb, ..
+                        },
+                    ) => {
+                        if fa != fb {
+                            let da = DirNode::load(store, ha)?;
+                            let db = DirNode::load(store, hb)?;
+                            let mut attrs_a = da.attrs.clone();
+                            attrs_a.mtime = db.attrs.mtime;
+                            if attrs_a != db.attrs {
+                                out.push(Change {
+                                    path: path.clone(),
+                                    kind: ChangeKind::Modified,
+                                    size: 0,
+                                });
+                            }
+                            diff_dirs(store, &format!("{path}/"), &da, &db, out)?;
+                        }
+                    }
+                    (EntryKind::Dir { .. }, _) | (_, EntryKind::Dir { .. }) => {
+                        all(store, &path, ka, ChangeKind::Deleted, out)?;
+                        all(store, &path, kb, ChangeKind::Added, out)?;
+                    }
+                    _ => {
+                        if !same_ignoring_mtime(ka, kb) {
+                            out.push(Change {
+                                path,
+                                kind: ChangeKind::Modified,
+                                size: size_of(kb),
+                            });
+                        }
+                    }
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_ignoring_mtime(a: &EntryKind, b: &EntryKind) -> bool {
+    let strip = |k: &EntryKind| {
+        let mut k = k.clone();
+        if let EntryKind::File { attrs, .. }
+        | EntryKind::Symlink { attrs, .. }
+        | EntryKind::Fifo { attrs } = &mut k
+        {
+            attrs.mtime = 0;
+        }
+        k
+    };
+    strip(a) == strip(b)
+}
+
+/// Reports `path` and, for a directory, everything below it.
+fn all(
+    store: &Store,
+    path: &str,
+    k: &EntryKind,
+    kind: ChangeKind,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    out.push(Change {
+        path: path.to_string(),
+        kind,
+        size: size_of(k),
+    });
+    if let EntryKind::Dir { node, .. } = k {
+        let d = DirNode::load(store, node)?;
+        for (name, child) in &d.entries {
+            all(store, &format!("{path}/{name}"), child, kind, out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Garbage collection (mark from every snapshot and workspace, sweep the rest) and fsck
+//! (verify every object's hash and every reference).
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::repo::{Repo, empty_node};
+use crate::snapshot;
+use crate::store::{Batch, Cf, Durability, Store};
+use crate::tree::{self, DirNode, EntryKind};
+
+/// What gc reclaimed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Objects deleted.
+    pub freed_objects: u64,
+    /// Encoded bytes they took.
+    pub freed_bytes: u64,
+}
+
+/// What fsck found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FsckReport {
+    /// Objects whose bytes were read and hashed.
+    pub objects_checked: u64,
+    /// Snapshot records checked.
+    pub snapshots_checked: u64,
+    /// Workspace records checked.
+    pub workspaces_checked: u64,
+    /// Every problem found; empty means the store is sound.
+    pub errors: Vec<String>,
+}
+
+impl FsckReport {
+    /// True when no problem was found.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Adds every object reachable from the directory node `root` to `live`.
+fn mark(store: &Store, root: Hash, live: &mut HashSet<Hash>) -> Result<()> {
+    let mut stack = vec![root];
+    while let Some(h) = stack.pop() {
+        if !live.insert(h) {
+            continue;
+        }
+        let node = DirNode::load(store, &h)?;
+        for (_, kind) in &node.entries {
+            match kind {
+                EntryKind::Dir { node, .. } => stack.push(*node),
+                EntryKind::File { content, .. } if live.insert(content.hash) && content.chunked => {
+                    for (c, _) in tree::chunks_of(store, content)? {
+                        live.insert(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Repo {
+    /// The tree roots that must stay: every snapshot's tree, every workspace's saved head
+    /// and the empty tree.
+    fn roots(&self) -> Result<Vec<Hash>> {
+        let mut roots: Vec<Hash> = snapshot::all(self.backend())?
+            .iter()
+            .map(|s| s.tree)
+            .collect();
+        roots.extend(
+            self.workspaces()?
+                .iter()
+                .filter_map(|w| w.head.map(|h| h.node)),
+        );
+        roots.push(empty_node().encode().1.node);
+        Ok(roots)
+    }
+
+    /// Deletes every object that no snapshot or workspace reaches.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _gc = self.shared.gc_lock.write();
+        let store = self.store();
+        let mut live = HashSet::new();
+        for root in self.roots()? {
+            match mark(store, root, &mut live) {
+                // The empty tree may never have been stored; nothing to keep then.
+                Err(Error::MissingObject(h)) if h == root => {}
+                other => other?,
+            }
+        }
+        let mut report = GcReport::default();
+        let (mut live_objects, mut live_bytes) = (0u64, 0u64);
+        let mut batch = Batch::new();
+        let mut dead = Vec::new();
+        self.backend().scan(Cf::Objects, &[], &mut |k, v| {
+            let h = Hash::from_slice(k)?;
+            if live.contains(&h) {
+                live_objects += 1;
+                live_bytes += v.len() as u64;
+            } else {
+                report.freed_objects += 1;
+                report.freed_bytes += v.len() as u64;
+                batch.delete(Cf::Objects, k.to_vec());
+                dead.push(h);
+            }
+            Ok(true)
+        })?;
+        self.backend().write(batch, Durability::Sync)?;
+        for h in &dead {
+            store.evict(h);
+        }
+        store.reset_counters(live_objects, live_bytes)?;
+        self.sweep_file_cache(&live);
+        Ok(report)
+    }
+
+    /// Removes materialized files whose content is no longer live.
+    fn sweep_file_cache(&self, live: &HashSet<Hash>) {
+        let cache = self.dir().join("cache");
+        let Ok(shards) = std::fs::read_dir(&cache) else {
+            return;
+        };
+        for shard in shards.flatten() {
+            let Ok(files) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let keep = name
+                    .to_str()
+                    .and_then(|n| n.parse::<Hash>().ok())
+                    .is_some_and(|h| live.contains(&h));
+                if !keep {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+
+    /// Verifies every object's hash, that every reference resolves, and the records.
+    pub fn fsck(&self) -> Result<FsckReport> {
+        let _gc = self.shared.gc_lock.write();
+        let store = self.store();
+        let mut report = FsckReport::default();
+        let (mut objects, mut bytes) = (0u64, 0u64);
+        self.backend().scan(Cf::Objects, &[], &mut |k, v| {
+            objects += 1;
+            bytes += v.len() as u64;
+            match Hash::from_slice(k) {
+                Ok(h) => {
+                    if let Err(e) = crate::store::codec::decode(&h, v) {
+                        report.errors.push(e.to_string());
+                    }
+                }
+                Err(_) => report
+                    .errors
+                    .push(format!("object key of {} bytes", k.len())),
+            }
+            Ok(true)
+        })?;
+        report.objects_checked = objects;
+        let snaps = match snapshot::all(self.backend()) {
+            Ok(s) => s,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                Vec::new()
+            }
+        };
+        let ids: HashSet<_> = snaps.iter().map(|s| s.id).collect();
+        let mut seen = HashSet::new();
+        for s in &snaps {
+            report.snapshots_checked += 1;
+            if let Some(p) = s.parent
+                && !ids.contains(&p)
+            {
+                report
+                    .errors
+                    .push(format!("snapshot {} has missing parent {p}", s.id));
+            }
+            self.check_tree(
+                store,
+                s.tree,
+                &mut seen,
+                &format!("snapshot {}", s.id),
+                &mut report,
+            );
+            match DirNode::load(store, &s.tree) {
+                Ok(n) if n.encode().1.fp != s.root => {
+                    report
+                        .errors
+                        .push(format!("snapshot {} root does not match its tree", s.id));
+                }
+                _ => {}
+            }
+        }
+        match self.workspaces() {
+            Ok(ws) => {
+                for w in ws {
+                    report.workspaces_checked += 1;
+                    if let Some(b) = w.base
+                        && !ids.contains(&b)
+                    {
+                        report
+                            .errors
+                            .push(format!("workspace {} stands on missing snapshot {b}", w.id));
+                    }
+                    if let Some(h) = w.head {
+                        self.check_tree(
+                            store,
+                            h.node,
+                            &mut seen,
+                            &format!("workspace {}", w.id),
+                            &mut report,
+                        );
+                    }
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+        if report.ok() {
+            store.reset_counters(objects, bytes)?;
+        }
+        Ok(report)
+    }
+
+    fn check_tree(
+        &self,
+        store: &Store,
+        root: Hash,
+        seen: &mut HashSet<Hash>,
+        owner: &str,
+        report: &mut FsckReport,
+    ) {
+        let mut stack = vec![root];
+        while let Some(h) = stack.pop() {
+            if !seen.insert(h) {
+                continue;
+            }
+            let node = match DirNode::load(store, &h) {
+                Ok(n) => n,
+                Err(e) => {
+                    report.errors.push(format!("{owner}: {e}"));
+                    continue;
+                }
+            };
+            for (name, kind) in &node.entries {
+                match kind {
+                    EntryKind::Dir { node, .. } => stack.push(*node),
+                    EntryKind::File { content, .. } => {
+                        if !seen.insert(content.hash) {
+                            continue;
+                        }
+                        let chunks = match tree::chunks_of(store, content) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                report.errors.push(format!("{owner}: file {name}: {e}"));
+                                continue;
+                            }
+                        };
+                        let total: u64 = chunks.iter().map(|(_, l)| *l as u64).sum();
+                        if total != content.size {
+                            report.errors.push(format!(
+                                "{owner}: file {name}: chunks hold {total} bytes, entry says {}",
+                                content.size
+                            ));
+                        }
+                        for (c, _) in chunks {
+                            match store.contains(&c) {
+                                Ok(true) => {}
+                                Ok(false) => report
+                                    .errors
+                                    .push(format!("{owner}: file {name}: chunk {c} is missing")),
+                                Err(e) => report.errors.push(format!("{owner}: {e}")),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Import of real directories into snapshots and export of snapshots to real
+//! directories, preserving modes, owners, symlinks and mtimes. Both stream: memory is
+//! bounded by one chunk per file and one directory node per level.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{FchownatFlags, Gid, Uid, fchownat};
+
+use crate::error::{Error, Result};
+use crate::ids::SnapshotId;
+use crate::name::Name;
+use crate::repo::Repo;
+use crate::snapshot::{self, Metrics, Snapshot};
+use crate::store::{Batch, ObjectWriter, Store};
+use crate::tree::{self, Attrs, DirNode, EntryKind, TreeRef};
+use crate::workspace::now;
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{what} {}", path.display());
+    move |e| Error::io(context, e)
+}
+
+fn attrs_of(meta: &fs::Metadata) -> Attrs {
+    Attrs {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        xattrs: Vec::new(),
+    }
+}
+
+impl Repo {
+    /// Imports the directory `path` as a new root snapshot.
+    pub fn import(&self, path: &Path, label: Option<String>) -> Result<Snapshot> {
+        let meta = fs::metadata(path).map_err(io_err("import", path))?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory(path.display().to_string()));
+        }
+        let _gc = self.shared.gc_lock.read();
+        let start = Instant::now();
+        let mut w = self.shared.store.writer();
+        let mut paths = 0u64;
+        let tref = import_dir(&mut w, path, &meta, &mut paths)?;
+        let snap = Snapshot {
+            id: self.shared.alloc_snapshot_id(),
+            parent: None,
+            root: tref.fp,
+            tree: tref.node,
+            bytes: tref.bytes,
+            label,
+            created_ms: (now() / 1_000_000) as u64,
+            annotations: Default::default(),
+            metrics: Metrics {
+                latency_us: start.elapsed().as_micros() as u64,
+                new_objects: w.new_objects,
+                new_bytes: w.new_bytes,
+                changed_paths: paths,
+            },
+        };
+        let mut batch = Batch::new();
+        snapshot::stage_insert(&mut batch, &snap);
+        self.shared.stage_counters(&mut batch);
+        w.commit(batch)?;
+        Ok(snap)
+    }
+
+    /// Writes snapshot `id` into `target`, which must be missing or an empty directory.
+    pub fn export(&self, id: SnapshotId, target: &Path) -> Result<()> {
+        let snap = self.snapshot(id)?;
+        match fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() => {
+                if fs::read_dir(target)
+                    .map_err(io_err("read", target))?
+                    .next()
+                    .is_some()
+                {
+                    return Err(Error::PathNotAllowed {
+                        path: target.to_path_buf(),
+                        why: "export target is not empty".into(),
+                    });
+                }
+            }
+            Ok(_) => {
+                return Err(Error::PathNotAllowed {
+                    path: target.to_path_buf(),
+                    why: "export target exists and is not a directory".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(target).map_err(io_err("create", target))?;
+            }
+            Err(e) => return Err(Error::io(format!("stat {}", target.display()), e)),
+        }
+        let node = DirNode::load(self.store(), &snap.tree)?;
+        export_dir(self.store(), &node, target)
+    }
+}
+
+fn import_dir(
+    w: &mut ObjectWriter<'_>,
+    path: &Path,
+    meta: &fs::Metadata,
+    paths: &mut u64,
+) -> Result<TreeRef> {
+    let mut children: Vec<(Name, fs::DirEntry)> = Vec::new();
+    for entry in fs::read_dir(path).map_err(io_err("read", path))? {
+        let entry = entry.map_err(io_err("read", path))?;
+        let name = Name::try_from(entry.file_name().as_os_str())?;
+        children.push((name, entry));
+    }
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut node = DirNode {
+        attrs: attrs_of(meta),
+        entries: Vec::with_capacity(children.len()),
+    };
+    for (name, entry) in children {
+        let p = entry.path();
+        let m = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            let t = import_dir(w, &p, &m, paths)?;
+            EntryKind::Dir {
+                node: t.node,
+                fp: t.fp,
+                bytes: t.bytes,
+            }
+        } else if ft.is_file() {
+            let f = fs::File::open(&p).map_err(io_err("open", &p))?;
+            let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
+            EntryKind::File {
+                attrs: attrs_of(&m),
+                content,
+            }
+        } else if ft.is_symlink() {
+            use std::os::unix::ffi::OsStrExt;
+            let target = fs::read_link(&p).map_err(io_err("readlink", &p))?;
+            EntryKind::Symlink {
+                attrs: attrs_of(&m),
+                target: target.as_os_str().as_bytes().to_vec(),
+            }
+        } else if ft.is_fifo() {
+            EntryKind::Fifo {
+                attrs: attrs_of(&m),
+            }
+        } else {
+            tracing::warn!(path = %p.display(), "skipping a socket or device file on import");
+            continue;
+        };
+        *paths += 1;
+        node.entries.push((name, kind));
+    }
+    node.store(w)
+}
+
+fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
+    for (name, kind) in &node.entries {
+        // `Name` excludes '/', '.' and '..', so the path stays inside `dir`; every entry
+        // is created new, so nothing already there (a symlink) is ever followed.
+        let p = dir.join(name.as_os_str());
+        match kind {
+            EntryKind::Dir { node: h, .. } => {
+                fs::create_dir(&p).map_err(io_err("create", &p))?;
+                let child = DirNode::load(store, h)?;
+                export_dir(store, &child, &p)?;
+            }
+            EntryKind::File { attrs, content } => {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .map_err(io_err("create", &p))?;
+                let mut out = std::io::BufWriter::with_capacity(256 << 10, f);
+                tree::write_content(store, content, &mut out)?;
+                let f = out
+                    .into_inner()
+                    .map_err(|e| Error::io(format!("write {}", p.display()), e.into_error()))?;
+                drop(f);
+                set_attrs(&p, attrs, false)?;
+            }
+            EntryKind::Symlink { attrs, target } => {
+                use std::os::unix::ffi::OsStrExt;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)
+                    .map_err(io_err("symlink", &p))?;
+                set_attrs(&p, attrs, true)?;
+            }
+            EntryKind::Fifo { attrs } => {
+                nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(|e| Error::io(format!("mkfifo {}", p.display()), e.into()))?;
+                set_attrs(&p, attrs, false)?;
+            }
+        }
+    }
+    // Directory attributes last: a read-only mode would block creating its children,
+    // and creating them would move its mtime.
+    set_attrs(dir, &node.attrs, false)
+}
+
+fn set_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<()> {
+    let nofollow = if symlink {
+        FchownatFlags::AT_SYMLINK_NOFOLLOW
+    } else {
+        FchownatFlags::empty()
+    };
+    // Owners are restored where permitted (as root); elsewhere files belong to the caller.
+    match fchownat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        Some(Uid::from_raw(a.uid)),
+        Some(Gid::from_raw(a.gid)),
+        nofollow,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => return Err(Error::io(format!("chown {}", p.display()), e.into())),
+    }
+    if !symlink {
+        fs::set_permissions(p, fs::Permissions::from_mode(a.mode)).map_err(io_err("chmod", p))?;
+    }
+    let ts = TimeSpec::new(
+        a.mtime.div_euclid(1_000_000_000),
+        a.mtime.rem_euclid(1_000_000_000),
+    );
+    let flag = if symlink {
+        UtimensatFlags::NoFollowSymlink
+    } else {
+        UtimensatFlags::FollowSymlink
+    };
+    utimensat(nix::fcntl::AT_FDCWD, p, &ts, &ts, flag)
+        .map_err(|e| Error::io(format!("utimes {}", p.display()), e.into()))
+}

@@ -1,0 +1,28 @@
+//! helios-snapshot: the core of helios. A content-addressed store (BLAKE3, lz4,
+//! RocksDB), immutable Merkle trees, the snapshot tree, and mutable copy-on-write
+//! workspaces with O(1) fork and checkout. No FUSE, no async runtime, no wire types.
+
+mod diff;
+mod error;
+mod gc;
+mod hash;
+mod ids;
+mod io;
+mod name;
+mod repo;
+mod snapshot;
+pub mod store;
+pub mod tree;
+mod workspace;
+
+pub use diff::{Change, ChangeKind};
+pub use error::{Error, Result};
+pub use gc::{FsckReport, GcReport};
+pub use hash::Hash;
+pub use ids::{Ino, SnapshotId, WorkspaceId};
+pub use name::{NAME_MAX, Name};
+pub use repo::{DEFAULT_CACHE_BYTES, Repo, Stats};
+pub use snapshot::{Metrics, Snapshot};
+pub use workspace::{
+    DirEntry, Kind, RenameMode, SetAttr, SetTime, Stat, Workspace, WorkspaceRecord, XattrMode,
+};

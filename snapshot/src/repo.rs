@@ -1,0 +1,509 @@
+//! `Repo`: one state directory — the store, the snapshot tree and the workspaces — and
+//! the operations that span them (fork, prune, stats).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::ids::{SnapshotId, WorkspaceId};
+use crate::snapshot::{self, Snapshot};
+use crate::store::rocks::RocksBackend;
+use crate::store::{Backend, Batch, Cf, Durability, Store};
+use crate::tree::{self, Content, DirNode, TreeRef};
+use crate::workspace::{Workspace, WorkspaceRecord};
+
+const META_NEXT_SNAPSHOT: &[u8] = b"next_snapshot";
+const META_NEXT_WORKSPACE: &[u8] = b"next_workspace";
+
+/// Default byte budget of the in-memory object cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+/// State shared by the repo and its workspaces.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) dir: PathBuf,
+    /// Commits hold it shared; gc holds it exclusively, so it never sweeps objects that
+    /// a commit in flight has staged but not yet referenced.
+    pub(crate) gc_lock: RwLock<()>,
+    next_snapshot: AtomicU64,
+    next_workspace: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn workspace_dir(&self, id: WorkspaceId) -> PathBuf {
+        self.dir.join("workspaces").join(id.to_string())
+    }
+
+    pub(crate) fn alloc_snapshot_id(&self) -> SnapshotId {
+        SnapshotId(self.next_snapshot.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn alloc_workspace_id(&self) -> WorkspaceId {
+        WorkspaceId(self.next_workspace.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Adds the id counters to a batch, so an id is never handed out twice.
+    pub(crate) fn stage_counters(&self, batch: &mut Batch) {
+        batch.put(
+            Cf::Meta,
+            META_NEXT_SNAPSHOT,
+            self.next_snapshot.load(Ordering::SeqCst).to_be_bytes(),
+        );
+        batch.put(
+            Cf::Meta,
+            META_NEXT_WORKSPACE,
+            self.next_workspace.load(Ordering::SeqCst).to_be_bytes(),
+        );
+    }
+
+    fn cache_path(&self, hash: &Hash) -> PathBuf {
+        let hex = hash.to_string();
+        self.dir.join("cache").join(&hex[..2]).join(hex)
+    }
+
+    /// A read-only real file with `content`'s bytes, built once per content hash and
+    /// shared by every workspace (the materialized-file cache).
+    pub(crate) fn materialize(&self, content: &Content) -> Result<PathBuf> {
+        let path = self.cache_path(&content.hash);
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.len() == content.size
+        {
+            return Ok(path);
+        }
+        let dir = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let f = std::fs::File::create(&tmp)
+                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+            let mut out = std::io::BufWriter::with_capacity(256 << 10, f);
+            tree::write_content(&self.store, content, &mut out)?;
+            let f = out
+                .into_inner()
+                .map_err(|e| Error::io("write cache file", e.into_error()))?;
+            let mut perms = f
+                .metadata()
+                .map_err(|e| Error::io("stat cache file", e))?
+                .permissions();
+            perms.set_readonly(true);
+            f.set_permissions(perms)
+                .map_err(|e| Error::io("chmod cache file", e))?;
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| Error::io(format!("rename into {}", path.display()), e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Counters for `/v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Objects in the store.
+    pub objects: u64,
+    /// Bytes the objects take, encoded.
+    pub stored_bytes: u64,
+    /// Bytes of file content summed over every snapshot.
+    pub logical_bytes: u64,
+    /// `logical_bytes / stored_bytes`.
+    pub dedup_ratio: f64,
+    /// Snapshots.
+    pub snapshots: u64,
+    /// Workspaces.
+    pub workspaces: u64,
+    /// Object cache hits since open.
+    pub cache_hits: u64,
+    /// Object cache misses since open.
+    pub cache_misses: u64,
+}
+
+/// One state directory: store, snapshots and workspaces.
+pub struct Repo {
+    pub(crate) shared: Arc<Shared>,
+    open: Mutex<HashMap<WorkspaceId, Weak<Workspace>>>,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+impl Repo {
+    /// Opens (creating if needed) the repo in `dir`, with RocksDB in `dir/db`.
+    pub fn open(dir: &Path) -> Result<Repo> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let backend = RocksBackend::open(&dir.join("db"))?;
+        Repo::open_with(dir, Arc::new(backend), DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens a repo over any backend; workspace files and the file cache live in `dir`.
+    pub fn open_with(dir: &Path, backend: Arc<dyn Backend>, cache_bytes: u64) -> Result<Repo> {
+        for sub in ["workspaces", "cache"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| Error::io(format!("create {}", p.display()), e))?;
+        }
+        let store = Store::open(backend, cache_bytes)?;
+        let read_counter = |key: &[u8]| -> Result<u64> {
+            Ok(match store.backend().get(Cf::Meta, key)? {
+                Some(v) if v.len() == 8 => {
+                    u64::from_be_bytes(v.as_slice().try_into().unwrap_or_default())
+                }
+                _ => 1,
+            })
+        };
+        // Counters are written with each record; records written after the counter (by a
+        // concurrent commit) are found by scanning from it.
+        let mut next_snapshot = read_counter(META_NEXT_SNAPSHOT)?.max(1);
+        store.backend().scan(Cf::Snapshots, &[], &mut |k, _| {
+            if let Some(id) = SnapshotId::from_key(k) {
+                next_snapshot = next_snapshot.max(id.0 + 1);
+            }
+            Ok(true)
+        })?;
+        let mut next_workspace = read_counter(META_NEXT_WORKSPACE)?.max(1);
+        store.backend().scan(Cf::Workspaces, &[], &mut |k, _| {
+            if let Some(id) = WorkspaceId::from_key(k) {
+                next_workspace = next_workspace.max(id.0 + 1);
+            }
+            Ok(true)
+        })?;
+        let shared = Arc::new(Shared {
+            store,
+            dir: dir.to_path_buf(),
+            gc_lock: RwLock::new(()),
+            next_snapshot: AtomicU64::new(next_snapshot),
+            next_workspace: AtomicU64::new(next_workspace),
+        });
+        Ok(Repo {
+            shared,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    // ---- snapshots ----
+
+    /// One snapshot.
+    pub fn snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
+        snapshot::load(self.backend(), id)
+    }
+
+    /// Every snapshot, in id order.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        snapshot::all(self.backend())
+    }
+
+    /// Children of `parent` (`None`: the roots of the snapshot tree).
+    pub fn children(&self, parent: Option<SnapshotId>) -> Result<Vec<SnapshotId>> {
+        if let Some(p) = parent {
+            self.snapshot(p)?;
+        }
+        snapshot::children(self.backend(), parent)
+    }
+
+    /// Snapshots whose state fingerprint is `root` (transpositions).
+    pub fn by_root(&self, root: &Hash) -> Result<Vec<SnapshotId>> {
+        snapshot::by_root(self.backend(), root)
+    }
+
+    /// The path from `id` up to its root: `[id, parent, grandparent, ...]`.
+    pub fn ancestry(&self, id: SnapshotId) -> Result<Vec<SnapshotId>> {
+        let mut out = vec![id];
+        let mut cur = self.snapshot(id)?;
+        while let Some(p) = cur.parent {
+            out.push(p);
+            cur = self.snapshot(p)?;
+        }
+        Ok(out)
+    }
+
+    /// Sets the label (`Some(None)` clears it) and merges annotations (a JSON `null`
+    /// value removes a key).
+    pub fn update_snapshot(
+        &self,
+        id: SnapshotId,
+        label: Option<Option<String>>,
+        annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Snapshot> {
+        let _gc = self.shared.gc_lock.write();
+        let mut s = self.snapshot(id)?;
+        if let Some(label) = label {
+            s.label = label;
+        }
+        for (k, v) in annotations.unwrap_or_default() {
+            if v.is_null() {
+                s.annotations.remove(&k);
+            } else {
+                s.annotations.insert(k, v);
+            }
+        }
+        let mut b = Batch::new();
+        b.put(Cf::Snapshots, id.key(), snapshot::encode_record(&s));
+        self.backend().write(b, Durability::Sync)?;
+        Ok(s)
+    }
+
+    /// Deletes a snapshot, or with `recursive` its whole subtree. Snapshots a workspace
+    /// stands on are kept, and so are their ancestors (so the tree stays connected).
+    /// Returns the ids removed.
+    pub fn prune(&self, id: SnapshotId, recursive: bool) -> Result<Vec<SnapshotId>> {
+        let _gc = self.shared.gc_lock.write();
+        let root = self.snapshot(id)?;
+        let in_use: HashMap<SnapshotId, WorkspaceId> = self
+            .workspaces()?
+            .into_iter()
+            .filter_map(|w| w.base.map(|b| (b, w.id)))
+            .collect();
+        let children = snapshot::children(self.backend(), Some(id))?;
+        if !recursive {
+            if let Some(w) = in_use.get(&id) {
+                return Err(Error::InUse {
+                    id,
+                    why: format!("workspace {w} stands on it"),
+                });
+            }
+            if !children.is_empty() {
+                return Err(Error::InUse {
+                    id,
+                    why: format!("it has {} children; prune recursively", children.len()),
+                });
+            }
+        }
+        // Collect the subtree, parents before children.
+        let mut order = vec![root];
+        let mut i = 0;
+        while i < order.len() {
+            for c in snapshot::children(self.backend(), Some(order[i].id))? {
+                order.push(self.snapshot(c)?);
+            }
+            i += 1;
+        }
+        let mut keep: HashSet<SnapshotId> = HashSet::new();
+        for s in order.iter().rev() {
+            if in_use.contains_key(&s.id) || keep.contains(&s.id) {
+                keep.insert(s.id);
+                if let Some(p) = s.parent {
+                    keep.insert(p);
+                }
+            }
+        }
+        let mut batch = Batch::new();
+        let mut removed = Vec::new();
+        for s in &order {
+            if !keep.contains(&s.id) {
+                snapshot::stage_remove(&mut batch, s);
+                removed.push(s.id);
+            }
+        }
+        if removed.is_empty() {
+            return Err(Error::InUse {
+                id,
+                why: "every snapshot in it has a workspace standing on it or below it".into(),
+            });
+        }
+        self.backend().write(batch, Durability::Sync)?;
+        Ok(removed)
+    }
+
+    // ---- workspaces ----
+
+    /// A new workspace over snapshot `from` (or empty). O(1) in the snapshot's size.
+    pub fn create_workspace(
+        &self,
+        from: Option<SnapshotId>,
+        read_only: bool,
+        props: serde_json::Value,
+    ) -> Result<Arc<Workspace>> {
+        let start = match from {
+            Some(id) => {
+                let s = self.snapshot(id)?;
+                TreeRef {
+                    node: s.tree,
+                    fp: s.root,
+                    bytes: s.bytes,
+                }
+            }
+            None => self.empty_tree()?,
+        };
+        let id = self.shared.alloc_workspace_id();
+        let rec = WorkspaceRecord {
+            id,
+            base: from,
+            base_root: start.fp,
+            head: None,
+            read_only,
+            props,
+        };
+        let ws = Arc::new(Workspace::from_record(self.shared.clone(), &rec, start)?);
+        let mut b = Batch::new();
+        b.put(Cf::Workspaces, id.key(), snapshot::encode_record(&rec));
+        self.shared.stage_counters(&mut b);
+        self.backend().write(b, Durability::Sync)?;
+        self.open.lock().insert(id, Arc::downgrade(&ws));
+        Ok(ws)
+    }
+
+    /// Opens a persisted workspace, with the uncommitted changes it was closed with.
+    /// Returns the already-open instance if there is one.
+    pub fn open_workspace(&self, id: WorkspaceId) -> Result<Arc<Workspace>> {
+        let mut open = self.open.lock();
+        if let Some(ws) = open.get(&id).and_then(Weak::upgrade) {
+            return Ok(ws);
+        }
+        let rec = self.workspace_record(id)?;
+        let start = match (rec.head, rec.base) {
+            (Some(head), _) => head,
+            (None, Some(base)) => {
+                let s = self.snapshot(base)?;
+                TreeRef {
+                    node: s.tree,
+                    fp: s.root,
+                    bytes: s.bytes,
+                }
+            }
+            (None, None) => self.empty_tree()?,
+        };
+        let ws = Arc::new(Workspace::from_record(self.shared.clone(), &rec, start)?);
+        open.insert(id, Arc::downgrade(&ws));
+        Ok(ws)
+    }
+
+    /// The persisted record of a workspace.
+    pub fn workspace_record(&self, id: WorkspaceId) -> Result<WorkspaceRecord> {
+        let v = self
+            .backend()
+            .get(Cf::Workspaces, &id.key())?
+            .ok_or(Error::WorkspaceNotFound(id))?;
+        snapshot::decode_record(&format!("workspaces/{id}"), &v)
+    }
+
+    /// Every persisted workspace record.
+    pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
+        let mut out = Vec::new();
+        self.backend().scan(Cf::Workspaces, &[], &mut |k, v| {
+            let id = WorkspaceId::from_key(k).map_or_else(|| format!("{k:?}"), |i| i.to_string());
+            out.push(snapshot::decode_record(&format!("workspaces/{id}"), v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes a workspace, its record and its files. Its uncommitted changes are lost.
+    pub fn delete_workspace(&self, id: WorkspaceId) -> Result<()> {
+        self.workspace_record(id)?;
+        self.open.lock().remove(&id);
+        let mut b = Batch::new();
+        b.delete(Cf::Workspaces, id.key());
+        self.backend().write(b, Durability::Sync)?;
+        let dir = self.shared.workspace_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io(format!("remove {}", dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Saves every open workspace's uncommitted changes and flushes the store.
+    pub fn close(&self) -> Result<()> {
+        let open: Vec<Arc<Workspace>> = self
+            .open
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for ws in open {
+            ws.save()?;
+        }
+        self.backend().flush()
+    }
+
+    /// The canonical empty root directory (mode 0755, owned by root), stored.
+    pub fn empty_tree(&self) -> Result<TreeRef> {
+        let node = empty_node();
+        let mut w = self.shared.store.writer();
+        let tref = node.store(&mut w)?;
+        w.commit(Batch::new())?;
+        Ok(tref)
+    }
+
+    // ---- statistics ----
+
+    /// Store and graph counters.
+    pub fn stats(&self) -> Result<Stats> {
+        let store = self.shared.store.stats();
+        let mut logical = 0u64;
+        let mut snapshots = 0u64;
+        self.backend().scan(Cf::Snapshots, &[], &mut |k, v| {
+            let s: Snapshot = snapshot::decode_record(&format!("snapshots/{k:?}"), v)?;
+            logical = logical.saturating_add(s.bytes);
+            snapshots += 1;
+            Ok(true)
+        })?;
+        let mut workspaces = 0u64;
+        self.backend().scan(Cf::Workspaces, &[], &mut |_, _| {
+            workspaces += 1;
+            Ok(true)
+        })?;
+        Ok(Stats {
+            objects: store.objects,
+            stored_bytes: store.stored_bytes,
+            logical_bytes: logical,
+            dedup_ratio: if store.stored_bytes == 0 {
+                1.0
+            } else {
+                logical as f64 / store.stored_bytes as f64
+            },
+            snapshots,
+            workspaces,
+            cache_hits: store.cache_hits,
+            cache_misses: store.cache_misses,
+        })
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.shared.store.backend().as_ref()
+    }
+
+    /// Loads a snapshot's root directory node.
+    pub fn root_node(&self, id: SnapshotId) -> Result<DirNode> {
+        DirNode::load(&self.shared.store, &self.snapshot(id)?.tree)
+    }
+}
+
+pub(crate) fn empty_node() -> DirNode {
+    DirNode {
+        attrs: tree::Attrs {
+            mode: 0o755,
+            ..Default::default()
+        },
+        entries: Vec::new(),
+    }
+}

@@ -1,0 +1,342 @@
+//! The content-addressed store: objects keyed by BLAKE3 hash, codec-tagged, in a
+//! `Backend`, with a byte-bounded cache in front. Every read verifies the hash.
+
+pub mod backend;
+pub(crate) mod codec;
+pub mod rocks;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use quick_cache::Weighter;
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+pub use backend::{Backend, Batch, Cf, Durability, Fault, FaultyBackend, MemBackend};
+
+/// The on-disk format this build reads and writes (`docs/format.md`).
+pub const FORMAT_VERSION: u32 = 1;
+/// Meta key holding the format version (u32 BE).
+pub(crate) const META_FORMAT: &[u8] = b"format_version";
+/// Meta key holding the object counters (`objects`, `stored_bytes`, each u64 BE).
+pub(crate) const META_OBJECT_STATS: &[u8] = b"object_stats";
+
+/// Staged objects are written out once they exceed this many bytes, so that a large
+/// commit never holds more than this in memory.
+pub(crate) const STAGE_LIMIT: usize = 32 << 20;
+
+#[derive(Clone)]
+struct ByteWeight;
+
+impl Weighter<Hash, Arc<[u8]>> for ByteWeight {
+    fn weight(&self, _: &Hash, v: &Arc<[u8]>) -> u64 {
+        // Count a fixed overhead so that many tiny objects still bound the cache.
+        v.len() as u64 + 64
+    }
+}
+
+/// Counters of the store, for `/v1/stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Objects in the store.
+    pub objects: u64,
+    /// Bytes of encoded object values (after lz4).
+    pub stored_bytes: u64,
+    /// Cache hits since open.
+    pub cache_hits: u64,
+    /// Cache misses since open.
+    pub cache_misses: u64,
+}
+
+/// The content-addressed object store.
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    cache: quick_cache::sync::Cache<Hash, Arc<[u8]>, ByteWeight>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    objects: AtomicU64,
+    stored_bytes: AtomicU64,
+    /// Serializes writes that update the persisted object counters.
+    counter_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Opens a store over `backend`, writing the format version into an empty one and
+    /// refusing one written by another version.
+    pub fn open(backend: Arc<dyn Backend>, cache_bytes: u64) -> Result<Store> {
+        match backend.get(Cf::Meta, META_FORMAT)? {
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                    Error::CorruptRecord {
+                        key: "meta/format_version".into(),
+                        reason: format!("{} bytes, expected 4", v.len()),
+                    }
+                })?);
+                if found != FORMAT_VERSION {
+                    return Err(Error::FormatVersion {
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                let mut b = Batch::new();
+                b.put(Cf::Meta, META_FORMAT, FORMAT_VERSION.to_be_bytes());
+                backend.write(b, Durability::Sync)?;
+            }
+        }
+        let (objects, stored_bytes) = match backend.get(Cf::Meta, META_OBJECT_STATS)? {
+            Some(v) if v.len() == 16 => (be_u64(&v[..8]), be_u64(&v[8..])),
+            _ => (0, 0),
+        };
+        let cache_bytes = cache_bytes.max(1 << 20);
+        Ok(Store {
+            backend,
+            cache: quick_cache::sync::Cache::with_weighter(
+                (cache_bytes / 4096).max(64) as usize,
+                cache_bytes,
+                ByteWeight,
+            ),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            objects: AtomicU64::new(objects),
+            stored_bytes: AtomicU64::new(stored_bytes),
+            counter_lock: Mutex::new(()),
+        })
+    }
+
+    /// The backend, for records that live beside the objects.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Reads and verifies an object.
+    pub fn get(&self, hash: &Hash) -> Result<Arc<[u8]>> {
+        if let Some(v) = self.cache.get(hash) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let value = self
+            .backend
+            .get(Cf::Objects, hash.as_bytes())?
+            .ok_or(Error::MissingObject(*hash))?;
+        let bytes: Arc<[u8]> = codec::decode(hash, &value)?.into();
+        self.cache.insert(*hash, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Reads and verifies an object without touching the cache (fsck, export of cold data).
+    pub fn get_uncached(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let value = self
+            .backend
+            .get(Cf::Objects, hash.as_bytes())?
+            .ok_or(Error::MissingObject(*hash))?;
+        codec::decode(hash, &value)
+    }
+
+    /// True when the object is stored.
+    pub fn contains(&self, hash: &Hash) -> Result<bool> {
+        if self.cache.get(hash).is_some() {
+            return Ok(true);
+        }
+        self.backend.contains(Cf::Objects, hash.as_bytes())
+    }
+
+    /// A writer that stages objects and writes them with `commit`.
+    pub fn writer(&self) -> ObjectWriter<'_> {
+        ObjectWriter {
+            store: self,
+            batch: Batch::new(),
+            staged: HashSet::new(),
+            new_objects: 0,
+            new_bytes: 0,
+            pending_objects: 0,
+            pending_bytes: 0,
+        }
+    }
+
+    /// Counters for `/v1/stats`.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            objects: self.objects.load(Ordering::Relaxed),
+            stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
+            cache_hits: self.hits.load(Ordering::Relaxed),
+            cache_misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes `batch` and, atomically with it, adds the deltas to the object counters.
+    pub(crate) fn write_counted(
+        &self,
+        mut batch: Batch,
+        objects: i64,
+        bytes: i64,
+        durability: Durability,
+    ) -> Result<()> {
+        let _guard = self.counter_lock.lock();
+        let o = (self.objects.load(Ordering::Relaxed) as i64 + objects).max(0) as u64;
+        let b = (self.stored_bytes.load(Ordering::Relaxed) as i64 + bytes).max(0) as u64;
+        if objects != 0 || bytes != 0 {
+            let mut v = o.to_be_bytes().to_vec();
+            v.extend_from_slice(&b.to_be_bytes());
+            batch.put(Cf::Meta, META_OBJECT_STATS, v);
+        }
+        self.backend.write(batch, durability)?;
+        self.objects.store(o, Ordering::Relaxed);
+        self.stored_bytes.store(b, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sets the object counters to exact values (after gc or fsck counted them).
+    pub(crate) fn reset_counters(&self, objects: u64, bytes: u64) -> Result<()> {
+        let _guard = self.counter_lock.lock();
+        let mut v = objects.to_be_bytes().to_vec();
+        v.extend_from_slice(&bytes.to_be_bytes());
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, META_OBJECT_STATS, v);
+        self.backend.write(batch, Durability::Sync)?;
+        self.objects.store(objects, Ordering::Relaxed);
+        self.stored_bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drops an object from the cache (gc).
+    pub(crate) fn evict(&self, hash: &Hash) {
+        self.cache.remove(hash);
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// Stages new objects and writes them, counting what was really new.
+pub struct ObjectWriter<'a> {
+    store: &'a Store,
+    batch: Batch,
+    staged: HashSet<Hash>,
+    /// Objects that were not in the store before this writer.
+    pub new_objects: u64,
+    /// Encoded bytes of those objects.
+    pub new_bytes: u64,
+    pending_objects: u64,
+    pending_bytes: u64,
+}
+
+impl ObjectWriter<'_> {
+    /// Stores `bytes` (if not already stored) and returns its hash.
+    pub fn put(&mut self, bytes: &[u8]) -> Result<Hash> {
+        let hash = Hash::of(bytes);
+        if self.staged.contains(&hash) || self.store.contains(&hash)? {
+            return Ok(hash);
+        }
+        let value = codec::encode(bytes);
+        self.new_objects += 1;
+        self.new_bytes += value.len() as u64;
+        self.pending_objects += 1;
+        self.pending_bytes += value.len() as u64;
+        self.batch.put(Cf::Objects, hash.as_bytes().to_vec(), value);
+        self.staged.insert(hash);
+        if bytes.len() <= 256 << 10 {
+            self.store.cache.insert(hash, Arc::from(bytes));
+        }
+        if self.batch.bytes() >= STAGE_LIMIT {
+            self.spill()?;
+        }
+        Ok(hash)
+    }
+
+    /// Writes staged objects now (buffered); a later synced write makes them durable.
+    fn spill(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.store.write_counted(
+            batch,
+            self.pending_objects as i64,
+            self.pending_bytes as i64,
+            Durability::Buffered,
+        )?;
+        self.pending_objects = 0;
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Writes every staged object together with `extra` ops, atomically, synced.
+    pub fn commit(self, extra: Batch) -> Result<(u64, u64)> {
+        self.commit_with(extra, Durability::Sync)
+    }
+
+    /// Like `commit` with a chosen durability.
+    pub fn commit_with(mut self, extra: Batch, durability: Durability) -> Result<(u64, u64)> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.ops.extend(extra.ops);
+        self.store.write_counted(
+            batch,
+            self.pending_objects as i64,
+            self.pending_bytes as i64,
+            durability,
+        )?;
+        Ok((self.new_objects, self.new_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem_store() -> Store {
+        Store::open(Arc::new(MemBackend::new()), 1 << 20).expect("open")
+    }
+
+    #[test]
+    fn put_get_round_trip_and_dedup() {
+        let store = mem_store();
+        let mut w = store.writer();
+        let a = w.put(b"hello").expect("put");
+        let b = w.put(b"hello").expect("put");
+        assert_eq!(a, b);
+        assert_eq!(w.commit(Batch::new()).expect("commit"), (1, 6));
+        assert_eq!(&*store.get(&a).expect("get"), b"hello");
+        assert_eq!(store.stats().objects, 1);
+        let mut w = store.writer();
+        w.put(b"hello").expect("put");
+        assert_eq!(w.commit(Batch::new()).expect("commit"), (0, 0));
+    }
+
+    #[test]
+    fn corrupt_value_is_reported_not_returned() {
+        let backend = MemBackend::new();
+        let store = Store::open(Arc::new(backend.clone()), 1 << 20).expect("open");
+        let h = Hash::of(b"data");
+        let mut b = Batch::new();
+        b.put(
+            Cf::Objects,
+            h.as_bytes().to_vec(),
+            vec![CODEC_RAW_FOR_TEST, b'd', b'a', b't', b'x'],
+        );
+        backend.write(b, Durability::Sync).expect("write");
+        assert!(matches!(store.get(&h), Err(Error::Corrupt { hash, .. }) if hash == h));
+        assert!(matches!(
+            store.get(&Hash::of(b"nope")),
+            Err(Error::MissingObject(_))
+        ));
+    }
+
+    const CODEC_RAW_FOR_TEST: u8 = codec::CODEC_RAW;
+
+    #[test]
+    fn refuses_other_format_version() {
+        let backend = MemBackend::new();
+        let mut b = Batch::new();
+        b.put(Cf::Meta, META_FORMAT, 99u32.to_be_bytes());
+        backend.write(b, Durability::Sync).expect("write");
+        assert!(matches!(
+            Store::open(Arc::new(backend), 1 << 20),
+            Err(Error::FormatVersion { found: 99, .. })
+        ));
+    }
+}

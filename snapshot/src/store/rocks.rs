@@ -1,0 +1,108 @@
+//! The RocksDB backend: one column family per `Cf`, synced writes for durability.
+
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
+    IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+use super::backend::{Backend, Batch, Cf, Durability, Op, ScanFn};
+use crate::error::{Error, Result};
+
+/// RocksDB behind the `Backend` trait. RocksDB's own LOCK file keeps a second process
+/// from opening the same directory.
+pub struct RocksBackend {
+    db: DB,
+}
+
+fn db_err(e: rocksdb::Error) -> Error {
+    Error::Db(e.into_string())
+}
+
+impl RocksBackend {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<RocksBackend> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cache = Cache::new_lru_cache(64 << 20);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut o = Options::default();
+            // Objects carry their own lz4 codec tag; compressing again costs CPU for nothing.
+            o.set_compression_type(DBCompressionType::None);
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            if *cf == Cf::Objects {
+                block.set_bloom_filter(10.0, false);
+                o.optimize_for_point_lookup(64);
+            }
+            o.set_block_based_table_factory(&block);
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err)?;
+        Ok(RocksBackend { db })
+    }
+
+    fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or_else(|| Error::Db(format!("column family {} is missing", cf.name())))
+    }
+}
+
+impl Backend for RocksBackend {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let handle = self.cf(cf)?;
+        Ok(self
+            .db
+            .get_pinned_cf(handle, key)
+            .map_err(db_err)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
+        let handle = self.cf(cf)?;
+        if !self.db.key_may_exist_cf(handle, key) {
+            return Ok(false);
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(handle, key)
+            .map_err(db_err)?
+            .is_some())
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.cf(cf)?, k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.cf(cf)?, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Sync);
+        self.db.write_opt(wb, &wo).map_err(db_err)
+    }
+
+    fn scan(&self, cf: Cf, prefix: &[u8], f: &mut ScanFn<'_>) -> Result<()> {
+        let handle = self.cf(cf)?;
+        let iter = self
+            .db
+            .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) || !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(db_err)
+    }
+}

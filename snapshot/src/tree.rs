@@ -1,0 +1,565 @@
+//! The Merkle tree: directory nodes and file contents as store objects.
+//!
+//! A directory node has two hashes. Its *storage hash* names the stored bytes, which
+//! include mtimes and children's storage hashes. Its *fingerprint* covers only content
+//! (names, kinds, modes, owners, sizes, file contents, symlink targets, xattrs and the
+//! children's fingerprints), so equal files give an equal fingerprint whatever the time
+//! and the order of operations that produced them. Layouts: `docs/format.md`.
+
+use std::io::Read;
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::name::Name;
+use crate::store::{ObjectWriter, Store};
+
+/// Magic prefix of a stored directory node.
+const DIR_MAGIC: &[u8; 4] = b"HDN1";
+/// Magic prefix of the fingerprint preimage of a directory.
+const FP_MAGIC: &[u8; 4] = b"HFP1";
+/// Magic prefix of a chunk list.
+const LIST_MAGIC: &[u8; 4] = b"HCL1";
+
+/// Files larger than this are split by content-defined chunking.
+pub const CHUNK_THRESHOLD: usize = 128 << 10;
+/// FastCDC minimum chunk size.
+pub const CHUNK_MIN: usize = 16 << 10;
+/// FastCDC average chunk size.
+pub const CHUNK_AVG: usize = 64 << 10;
+/// FastCDC maximum chunk size.
+pub const CHUNK_MAX: usize = 256 << 10;
+/// The longest symlink target accepted (PATH_MAX).
+pub const TARGET_MAX: usize = 4095;
+
+const KIND_FILE: u8 = 1;
+const KIND_DIR: u8 = 2;
+const KIND_SYMLINK: u8 = 3;
+const KIND_FIFO: u8 = 4;
+
+/// Nanoseconds since the Unix epoch.
+pub type Nanos = i64;
+
+/// Attributes kept for every node.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Attrs {
+    /// Permission bits and set-id/sticky bits (`0o7777`); the file type is the kind.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time; stored, but outside the fingerprint.
+    pub mtime: Nanos,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A file's content: one chunk, or a chunk list for large files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Content {
+    /// The object holding the bytes (a chunk) or the chunk list.
+    pub hash: Hash,
+    /// True when `hash` names a chunk list.
+    pub chunked: bool,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// What a directory entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File {
+        /// Attributes.
+        attrs: Attrs,
+        /// Content.
+        content: Content,
+    },
+    /// A directory; its attributes live in its node.
+    Dir {
+        /// Storage hash of the child node.
+        node: Hash,
+        /// Fingerprint of the child node.
+        fp: Hash,
+        /// Total bytes of the files below it (for statistics).
+        bytes: u64,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Attributes.
+        attrs: Attrs,
+        /// Target, as bytes.
+        target: Vec<u8>,
+    },
+    /// A named pipe.
+    Fifo {
+        /// Attributes.
+        attrs: Attrs,
+    },
+}
+
+impl EntryKind {
+    /// File bytes this entry accounts for.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            EntryKind::File { content, .. } => content.size,
+            EntryKind::Dir { bytes, .. } => *bytes,
+            _ => 0,
+        }
+    }
+}
+
+/// An immutable directory node.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DirNode {
+    /// The directory's own attributes.
+    pub attrs: Attrs,
+    /// Entries, strictly sorted by name.
+    pub entries: Vec<(Name, EntryKind)>,
+}
+
+/// A stored directory: both of its hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TreeRef {
+    /// Storage hash.
+    pub node: Hash,
+    /// Fingerprint.
+    pub fp: Hash,
+    /// Total file bytes below.
+    pub bytes: u64,
+}
+
+impl DirNode {
+    /// Finds an entry by name.
+    pub fn get(&self, name: &Name) -> Option<&EntryKind> {
+        self.entries
+            .binary_search_by(|(n, _)| n.cmp(name))
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    /// Encodes the node and computes both hashes.
+    pub fn encode(&self) -> (Vec<u8>, TreeRef) {
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 96);
+        let mut fp = blake3::Hasher::new();
+        out.extend_from_slice(DIR_MAGIC);
+        fp.update(FP_MAGIC);
+        put_attrs(&mut out, &self.attrs, true);
+        let mut scratch = Vec::with_capacity(128);
+        put_attrs(&mut scratch, &self.attrs, false);
+        fp.update(&scratch);
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        let mut bytes = 0u64;
+        for (name, kind) in &self.entries {
+            bytes = bytes.saturating_add(kind.bytes());
+            scratch.clear();
+            scratch.push(name.as_bytes().len() as u8);
+            scratch.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&scratch);
+            fp.update(&scratch);
+            scratch.clear();
+            match kind {
+                EntryKind::File { attrs, content } => {
+                    out.push(KIND_FILE);
+                    scratch.push(KIND_FILE);
+                    put_attrs(&mut out, attrs, true);
+                    put_attrs(&mut scratch, attrs, false);
+                    for buf in [&mut out, &mut scratch] {
+                        buf.extend_from_slice(&content.size.to_be_bytes());
+                        buf.extend_from_slice(content.hash.as_bytes());
+                        buf.push(content.chunked as u8);
+                    }
+                }
+                EntryKind::Dir {
+                    node,
+                    fp: child_fp,
+                    bytes: child_bytes,
+                } => {
+                    out.push(KIND_DIR);
+                    out.extend_from_slice(node.as_bytes());
+                    out.extend_from_slice(child_fp.as_bytes());
+                    out.extend_from_slice(&child_bytes.to_be_bytes());
+                    scratch.push(KIND_DIR);
+                    scratch.extend_from_slice(child_fp.as_bytes());
+                }
+                EntryKind::Symlink { attrs, target } => {
+                    out.push(KIND_SYMLINK);
+                    scratch.push(KIND_SYMLINK);
+                    put_attrs(&mut out, attrs, true);
+                    put_attrs(&mut scratch, attrs, false);
+                    for buf in [&mut out, &mut scratch] {
+                        buf.extend_from_slice(&(target.len() as u16).to_be_bytes());
+                        buf.extend_from_slice(target);
+                    }
+                }
+                EntryKind::Fifo { attrs } => {
+                    out.push(KIND_FIFO);
+                    scratch.push(KIND_FIFO);
+                    put_attrs(&mut out, attrs, true);
+                    put_attrs(&mut scratch, attrs, false);
+                }
+            }
+            fp.update(&scratch);
+        }
+        let node = Hash::of(&out);
+        let fp = Hash(*fp.finalize().as_bytes());
+        (out, TreeRef { node, fp, bytes })
+    }
+
+    /// Decodes a node read from the store; `hash` names it in errors.
+    pub fn decode(hash: &Hash, bytes: &[u8]) -> Result<DirNode> {
+        let mut r = Reader {
+            buf: bytes,
+            pos: 0,
+            hash: *hash,
+        };
+        if r.take(4)? != DIR_MAGIC {
+            return Err(r.corrupt("not a directory node"));
+        }
+        let attrs = r.attrs()?;
+        let count = r.u32()? as usize;
+        let mut entries: Vec<(Name, EntryKind)> = Vec::with_capacity(count.min(1 << 16));
+        for _ in 0..count {
+            let len = r.u8()? as usize;
+            let name = Name::new(r.take(len)?).map_err(|e| r.corrupt(&e.to_string()))?;
+            if let Some((prev, _)) = entries.last()
+                && *prev >= name
+            {
+                return Err(r.corrupt("entries out of order"));
+            }
+            let kind = match r.u8()? {
+                KIND_FILE => {
+                    let attrs = r.attrs()?;
+                    let size = r.u64()?;
+                    let hash = r.hash()?;
+                    let chunked = r.u8()? != 0;
+                    EntryKind::File {
+                        attrs,
+                        content: Content {
+                            hash,
+                            chunked,
+                            size,
+                        },
+                    }
+                }
+                KIND_DIR => EntryKind::Dir {
+                    node: r.hash()?,
+                    fp: r.hash()?,
+                    bytes: r.u64()?,
+                },
+                KIND_SYMLINK => {
+                    let attrs = r.attrs()?;
+                    let len = r.u16()? as usize;
+                    EntryKind::Symlink {
+                        attrs,
+                        target: r.take(len)?.to_vec(),
+                    }
+                }
+                KIND_FIFO => EntryKind::Fifo { attrs: r.attrs()? },
+                other => return Err(r.corrupt(&format!("unknown entry kind {other}"))),
+            };
+            entries.push((name, kind));
+        }
+        if r.pos != bytes.len() {
+            return Err(r.corrupt("trailing bytes"));
+        }
+        Ok(DirNode { attrs, entries })
+    }
+
+    /// Stores the node and returns its reference.
+    pub fn store(&self, w: &mut ObjectWriter<'_>) -> Result<TreeRef> {
+        let (bytes, tref) = self.encode();
+        let h = w.put(&bytes)?;
+        debug_assert_eq!(h, tref.node);
+        Ok(tref)
+    }
+
+    /// Loads and decodes a node.
+    pub fn load(store: &Store, node: &Hash) -> Result<DirNode> {
+        let bytes = store.get(node)?;
+        DirNode::decode(node, &bytes)
+    }
+}
+
+fn put_attrs(out: &mut Vec<u8>, a: &Attrs, with_time: bool) {
+    out.extend_from_slice(&a.mode.to_be_bytes());
+    out.extend_from_slice(&a.uid.to_be_bytes());
+    out.extend_from_slice(&a.gid.to_be_bytes());
+    if with_time {
+        out.extend_from_slice(&a.mtime.to_be_bytes());
+    }
+    out.extend_from_slice(&(a.xattrs.len() as u16).to_be_bytes());
+    for (k, v) in &a.xattrs {
+        out.push(k.len() as u8);
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    hash: Hash,
+}
+
+impl<'a> Reader<'a> {
+    fn corrupt(&self, why: &str) -> Error {
+        Error::Corrupt {
+            hash: self.hash,
+            reason: format!("{why} at byte {}", self.pos),
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.corrupt("truncated")),
+        }
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(self.take(2)?);
+        Ok(u16::from_be_bytes(a))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn hash(&mut self) -> Result<Hash> {
+        Hash::from_slice(self.take(32)?)
+    }
+    fn attrs(&mut self) -> Result<Attrs> {
+        let mode = self.u32()?;
+        let uid = self.u32()?;
+        let gid = self.u32()?;
+        let mtime = self.u64()? as i64;
+        let n = self.u16()? as usize;
+        let mut xattrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let kl = self.u8()? as usize;
+            let k = self.take(kl)?.to_vec();
+            let vl = self.u32()? as usize;
+            let v = self.take(vl)?.to_vec();
+            xattrs.push((k, v));
+        }
+        Ok(Attrs {
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        })
+    }
+}
+
+/// Stores a file's bytes from `reader`: one chunk when small, FastCDC chunks and a chunk
+/// list when large. Memory stays bounded by the chunk size for any file length.
+pub fn store_file(w: &mut ObjectWriter<'_>, reader: impl Read) -> Result<Content> {
+    let mut head = Vec::with_capacity(16 << 10);
+    let mut limited = reader.take(CHUNK_THRESHOLD as u64 + 1);
+    limited
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io("read file data", e))?;
+    let reader = limited.into_inner();
+    if head.len() <= CHUNK_THRESHOLD {
+        let hash = w.put(&head)?;
+        return Ok(Content {
+            hash,
+            chunked: false,
+            size: head.len() as u64,
+        });
+    }
+    let source = std::io::Cursor::new(head).chain(reader);
+    let cdc = fastcdc::v2020::StreamCDC::new(source, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+    let mut list = Vec::with_capacity(1024);
+    list.extend_from_slice(LIST_MAGIC);
+    let mut size = 0u64;
+    for chunk in cdc {
+        let chunk = chunk.map_err(|e| Error::io("read file data", std::io::Error::other(e)))?;
+        let hash = w.put(&chunk.data)?;
+        list.extend_from_slice(hash.as_bytes());
+        list.extend_from_slice(&(chunk.length as u32).to_be_bytes());
+        size += chunk.length as u64;
+    }
+    let hash = w.put(&list)?;
+    Ok(Content {
+        hash,
+        chunked: true,
+        size,
+    })
+}
+
+/// The chunks of a content, in order: (hash, length).
+pub fn chunks_of(store: &Store, content: &Content) -> Result<Vec<(Hash, u32)>> {
+    if !content.chunked {
+        return Ok(vec![(content.hash, content.size as u32)]);
+    }
+    let bytes = store.get(&content.hash)?;
+    parse_chunk_list(&content.hash, &bytes)
+}
+
+/// Parses a chunk list object.
+pub fn parse_chunk_list(hash: &Hash, bytes: &[u8]) -> Result<Vec<(Hash, u32)>> {
+    let corrupt = |why: &str| Error::Corrupt {
+        hash: *hash,
+        reason: why.into(),
+    };
+    let body = bytes
+        .strip_prefix(LIST_MAGIC.as_slice())
+        .ok_or_else(|| corrupt("not a chunk list"))?;
+    if body.len() % 36 != 0 {
+        return Err(corrupt("chunk list length"));
+    }
+    body.chunks_exact(36)
+        .map(|c| {
+            let h = Hash::from_slice(&c[..32])?;
+            let mut l = [0u8; 4];
+            l.copy_from_slice(&c[32..]);
+            Ok((h, u32::from_be_bytes(l)))
+        })
+        .collect()
+}
+
+/// Writes a content's bytes to `out`, chunk by chunk, verifying each.
+pub fn write_content(
+    store: &Store,
+    content: &Content,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let mut written = 0u64;
+    for (hash, len) in chunks_of(store, content)? {
+        let data = store.get_uncached(&hash)?;
+        if data.len() != len as usize {
+            return Err(Error::Corrupt {
+                hash: content.hash,
+                reason: format!(
+                    "chunk {} has {} bytes, list says {len}",
+                    hash.short(),
+                    data.len()
+                ),
+            });
+        }
+        out.write_all(&data)
+            .map_err(|e| Error::io("write file data", e))?;
+        written += data.len() as u64;
+    }
+    if written != content.size {
+        return Err(Error::Corrupt {
+            hash: content.hash,
+            reason: format!("content has {written} bytes, entry says {}", content.size),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Batch, MemBackend};
+    use std::sync::Arc;
+
+    fn attrs(mtime: Nanos) -> Attrs {
+        Attrs {
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            mtime,
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+        }
+    }
+
+    fn sample(mtime: Nanos) -> DirNode {
+        DirNode {
+            attrs: attrs(mtime),
+            entries: vec![
+                (
+                    Name::new(b"a").expect("name"),
+                    EntryKind::File {
+                        attrs: attrs(mtime),
+                        content: Content {
+                            hash: Hash::of(b"x"),
+                            chunked: false,
+                            size: 1,
+                        },
+                    },
+                ),
+                (
+                    Name::new(b"b").expect("name"),
+                    EntryKind::Symlink {
+                        attrs: attrs(mtime),
+                        target: b"a".to_vec(),
+                    },
+                ),
+                (
+                    Name::new(b"c").expect("name"),
+                    EntryKind::Fifo { attrs: attrs(0) },
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let node = sample(5);
+        let (bytes, r) = node.encode();
+        assert_eq!(DirNode::decode(&r.node, &bytes).expect("decode"), node);
+    }
+
+    #[test]
+    fn fingerprint_ignores_mtime_but_not_content() {
+        let (_, a) = sample(1).encode();
+        let (_, b) = sample(2).encode();
+        assert_ne!(a.node, b.node);
+        assert_eq!(a.fp, b.fp);
+        let mut c = sample(1);
+        c.attrs.mode = 0o755;
+        assert_ne!(c.encode().1.fp, a.fp);
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        let h = Hash::of(b"");
+        assert!(DirNode::decode(&h, b"nope").is_err());
+        let (mut bytes, _) = sample(1).encode();
+        bytes.truncate(bytes.len() - 3);
+        assert!(matches!(
+            DirNode::decode(&h, &bytes),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn large_files_are_chunked_and_edits_share_chunks() {
+        let store = Store::open(Arc::new(MemBackend::new()), 64 << 20).expect("open");
+        let mut data: Vec<u8> = (0..1_500_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        let mut w = store.writer();
+        let c1 = store_file(&mut w, &data[..]).expect("store");
+        w.commit(Batch::new()).expect("commit");
+        assert!(c1.chunked);
+        assert_eq!(c1.size, data.len() as u64);
+        data[700_000] ^= 0xff;
+        let mut w = store.writer();
+        let c2 = store_file(&mut w, &data[..]).expect("store");
+        let (objects, _) = w.commit(Batch::new()).expect("commit");
+        assert!(objects <= 3, "an edit stored {objects} objects");
+        let mut out = Vec::new();
+        write_content(&store, &c2, &mut out).expect("read back");
+        assert_eq!(out, data);
+    }
+}

@@ -1,0 +1,1856 @@
+//! The workspace: a mutable copy-on-write layer over a base snapshot.
+//!
+//! The workspace is an inode table. Directories load lazily from the store on first use;
+//! files stay `Clean` (a content hash) until written, when they are copied up into a real
+//! file under the workspace's state directory (so an engine can hand the kernel a file
+//! descriptor). Every change marks its directory and the directory's ancestors dirty, so
+//! a snapshot re-encodes only dirty directories and hashes only written files: cost
+//! O(changed paths × depth + changed bytes). Fork and checkout swap the root for an
+//! unloaded tree reference: O(1) in tree size.
+//!
+//! Invariants:
+//! - a dirty directory is loaded, and all its ancestors are dirty;
+//! - a directory's `parents` holds exactly its parent (empty for the root); a file's
+//!   `parents` holds one entry per name that links to it;
+//! - inode numbers are never reused within a workspace's lifetime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::ids::{Ino, SnapshotId, WorkspaceId};
+use crate::name::Name;
+use crate::repo::Shared;
+use crate::snapshot::{self, Metrics, Snapshot};
+use crate::store::{Batch, Cf, Durability, ObjectWriter};
+use crate::tree::{self, Attrs, Content, DirNode, EntryKind, Nanos, TARGET_MAX, TreeRef};
+
+/// The largest extended attribute value accepted (Linux XATTR_SIZE_MAX).
+pub const XATTR_VALUE_MAX: usize = 64 << 10;
+
+/// The kind of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+}
+
+/// Attributes of an inode, as `stat` reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode number.
+    pub ino: Ino,
+    /// Kind.
+    pub kind: Kind,
+    /// Size in bytes (target length for symlinks).
+    pub size: u64,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Access time.
+    pub atime: Nanos,
+    /// Modification time.
+    pub mtime: Nanos,
+    /// Status change time.
+    pub ctime: Nanos,
+}
+
+/// One directory entry, as `readdir` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name.
+    pub name: Name,
+    /// Inode.
+    pub ino: Ino,
+    /// Kind.
+    pub kind: Kind,
+}
+
+/// A time to set: a value, or "now".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// Nanoseconds since the epoch.
+    At(Nanos),
+    /// The current time.
+    Now,
+}
+
+/// Attribute changes for `setattr`; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend with zeros).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// How `rename` treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    /// Replace the target (POSIX rename).
+    #[default]
+    Replace,
+    /// Fail with `AlreadyExists` if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap source and target, which must both exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// How `setxattr` treats an existing attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Set,
+    /// Fail if it exists (XATTR_CREATE).
+    Create,
+    /// Fail if it does not exist (XATTR_REPLACE).
+    Replace,
+}
+
+/// The persisted state of a workspace (`workspaces` column family).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    /// Its id.
+    pub id: WorkspaceId,
+    /// The snapshot it stands on; `None` for a workspace created empty.
+    pub base: Option<SnapshotId>,
+    /// Fingerprint of the content it started from (the base's root).
+    pub base_root: Hash,
+    /// Uncommitted changes saved at the last close, as a tree; `None` when clean.
+    pub head: Option<TreeRef>,
+    /// Whether it refuses changes.
+    pub read_only: bool,
+    /// Opaque properties of the caller (the daemon keeps mountpoint and engine here).
+    #[serde(default)]
+    pub props: serde_json::Value,
+}
+
+pub(crate) fn now() -> Nanos {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as Nanos,
+        Err(_) => 0,
+    }
+}
+
+enum FileData {
+    Clean(Content),
+    Owned {
+        id: u64,
+        size: u64,
+        file: Option<Arc<File>>,
+        /// The content as last committed, while the file has not changed since.
+        committed: Option<Content>,
+    },
+}
+
+enum DirState {
+    Unloaded(TreeRef),
+    Loaded {
+        entries: BTreeMap<Name, Ino>,
+        /// The tree this directory encodes to, while it has not changed.
+        clean: Option<TreeRef>,
+        /// The node it was loaded from, to count changed paths at commit.
+        base: Option<Hash>,
+        subdirs: u32,
+    },
+}
+
+enum Node {
+    Dir {
+        state: DirState,
+        /// Entries of the same path before the last checkout, for inode reuse.
+        prev: Option<BTreeMap<Name, Ino>>,
+    },
+    File(FileData),
+    Symlink(Vec<u8>),
+    Fifo,
+}
+
+struct Inode {
+    node: Node,
+    attrs: Attrs,
+    atime: Nanos,
+    ctime: Nanos,
+    parents: Vec<Ino>,
+    nlookup: u64,
+    open: u32,
+    generation: u64,
+}
+
+impl Inode {
+    fn kind(&self) -> Kind {
+        match self.node {
+            Node::Dir { .. } => Kind::Dir,
+            Node::File(_) => Kind::File,
+            Node::Symlink(_) => Kind::Symlink,
+            Node::Fifo => Kind::Fifo,
+        }
+    }
+}
+
+struct State {
+    base: Option<SnapshotId>,
+    base_root: Hash,
+    props: serde_json::Value,
+    inodes: HashMap<Ino, Inode>,
+    next_ino: u64,
+    next_file: u64,
+    generation: u64,
+    /// Own-copy files of freed inodes, to delete once the lock is released.
+    dead_files: Vec<u64>,
+}
+
+/// A mutable working directory over a base snapshot.
+pub struct Workspace {
+    shared: Arc<Shared>,
+    id: WorkspaceId,
+    dir: PathBuf,
+    read_only: bool,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("id", &self.id).finish()
+    }
+}
+
+fn dir_inode(tref: TreeRef, parent: Option<Ino>, generation: u64) -> Inode {
+    Inode {
+        node: Node::Dir {
+            state: DirState::Unloaded(tref),
+            prev: None,
+        },
+        attrs: Attrs::default(),
+        atime: 0,
+        ctime: 0,
+        parents: parent.into_iter().collect(),
+        nlookup: 0,
+        open: 0,
+        generation,
+    }
+}
+
+impl Workspace {
+    pub(crate) fn from_record(
+        shared: Arc<Shared>,
+        rec: &WorkspaceRecord,
+        start: TreeRef,
+    ) -> Result<Workspace> {
+        let dir = shared.workspace_dir(rec.id);
+        let data = dir.join("data");
+        // Uncommitted data was saved into the store as `head`; stale copies are garbage.
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .map_err(|e| Error::io(format!("clear {}", data.display()), e))?;
+        }
+        std::fs::create_dir_all(&data)
+            .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
+        let mut inodes = HashMap::new();
+        inodes.insert(Ino::ROOT, dir_inode(start, None, 0));
+        Ok(Workspace {
+            shared,
+            id: rec.id,
+            dir,
+            read_only: rec.read_only,
+            state: Mutex::new(State {
+                base: rec.base,
+                base_root: rec.base_root,
+                props: rec.props.clone(),
+                inodes,
+                next_ino: 2,
+                next_file: 1,
+                generation: 0,
+                dead_files: Vec::new(),
+            }),
+        })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> WorkspaceId {
+        self.id
+    }
+
+    /// True when it refuses changes.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The snapshot it stands on.
+    pub fn base(&self) -> Option<SnapshotId> {
+        self.state.lock().base
+    }
+
+    /// The caller's properties.
+    pub fn props(&self) -> serde_json::Value {
+        self.state.lock().props.clone()
+    }
+
+    /// Replaces the caller's properties and persists them.
+    pub fn set_props(&self, props: serde_json::Value) -> Result<()> {
+        let mut st = self.state.lock();
+        st.props = props;
+        self.write_record(&st, None, Durability::Sync)
+    }
+
+    /// True when the content differs from the base snapshot (or was changed at all).
+    pub fn dirty(&self) -> bool {
+        self.state.lock().is_dirty()
+    }
+
+    /// The record as it would be persisted now (head not included).
+    pub fn record(&self) -> WorkspaceRecord {
+        let st = self.state.lock();
+        self.make_record(&st, None)
+    }
+
+    fn make_record(&self, st: &State, head: Option<TreeRef>) -> WorkspaceRecord {
+        WorkspaceRecord {
+            id: self.id,
+            base: st.base,
+            base_root: st.base_root,
+            head,
+            read_only: self.read_only,
+            props: st.props.clone(),
+        }
+    }
+
+    fn write_record(
+        &self,
+        st: &State,
+        head: Option<TreeRef>,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut b = Batch::new();
+        b.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(st, head)),
+        );
+        self.shared.store.backend().write(b, durability)
+    }
+
+    fn data_path(&self, id: u64) -> PathBuf {
+        self.dir.join("data").join(id.to_string())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---- inode operations (the engine's interface) ----
+
+    /// Finds `name` in directory `parent` and counts one kernel lookup of the result.
+    pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Stat> {
+        let mut st = self.state.lock();
+        let ino = st.lookup(&self.shared, parent, name)?;
+        st.inode_mut(ino)?.nlookup += 1;
+        st.stat(&self.shared, ino)
+    }
+
+    /// Drops `n` kernel lookups of `ino`; an unlinked inode nobody knows is freed.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let mut st = self.state.lock();
+        if let Some(i) = st.inodes.get_mut(&ino) {
+            i.nlookup = i.nlookup.saturating_sub(n);
+        }
+        st.maybe_free(ino);
+        self.remove_dead_files(&mut st);
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> Result<Stat> {
+        let mut st = self.state.lock();
+        st.stat(&self.shared, ino)
+    }
+
+    /// Changes attributes; a size change truncates or extends the file.
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Stat> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        st.load_if_dir(&self.shared, ino)?;
+        let t = now();
+        if let Some(size) = set.size {
+            if st.inode(ino)?.kind() == Kind::Dir {
+                return Err(Error::IsADirectory(ino.to_string()));
+            }
+            if st.inode(ino)?.kind() != Kind::File {
+                return Err(Error::InvalidArgument("truncate of a non-file".into()));
+            }
+            let (file, _) = self.own(&mut st, ino, size == 0)?;
+            file.set_len(size).map_err(|e| Error::io("truncate", e))?;
+            if let Node::File(FileData::Owned {
+                size: s, committed, ..
+            }) = &mut st.inode_mut(ino)?.node
+            {
+                *s = size;
+                *committed = None;
+            }
+            let i = st.inode_mut(ino)?;
+            i.attrs.mtime = t;
+        }
+        let i = st.inode_mut(ino)?;
+        if let Some(mode) = set.mode {
+            i.attrs.mode = mode & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            i.attrs.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            i.attrs.gid = gid;
+        }
+        if let Some(a) = set.atime {
+            i.atime = match a {
+                SetTime::At(v) => v,
+                SetTime::Now => t,
+            };
+        }
+        if let Some(m) = set.mtime {
+            i.attrs.mtime = match m {
+                SetTime::At(v) => v,
+                SetTime::Now => t,
+            };
+        }
+        i.ctime = t;
+        st.touch(ino);
+        st.stat(&self.shared, ino)
+    }
+
+    /// The entries of a directory, in name order.
+    pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let mut st = self.state.lock();
+        st.ensure_loaded(&self.shared, ino)?;
+        let entries = st.entries(ino)?.clone();
+        entries
+            .into_iter()
+            .map(|(name, child)| {
+                Ok(DirEntry {
+                    kind: st.inode(child)?.kind(),
+                    name,
+                    ino: child,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a regular file (or, with `Kind::Fifo`, a named pipe).
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &Name,
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Stat> {
+        self.check_writable()?;
+        let node = match kind {
+            Kind::File => Node::File(FileData::Clean(Content {
+                hash: Hash::of(b""),
+                chunked: false,
+                size: 0,
+            })),
+            Kind::Fifo => Node::Fifo,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "create makes files and fifos".into(),
+                ));
+            }
+        };
+        let mut st = self.state.lock();
+        let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
+        if kind == Kind::File {
+            // A new file gets its own copy at once and is committed (stored) at snapshot.
+            self.own(&mut st, ino, true)?;
+            st.note_written(ino, Some(0))?;
+        }
+        st.inode_mut(ino)?.nlookup += 1;
+        st.stat(&self.shared, ino)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: Ino, name: &Name, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        let node = Node::Dir {
+            state: DirState::Loaded {
+                entries: BTreeMap::new(),
+                clean: None,
+                base: None,
+                subdirs: 0,
+            },
+            prev: None,
+        };
+        let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
+        st.inode_mut(ino)?.nlookup += 1;
+        st.stat(&self.shared, ino)
+    }
+
+    /// Creates a symbolic link.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &Name,
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Stat> {
+        self.check_writable()?;
+        if target.is_empty() || target.len() > TARGET_MAX || target.contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "symlink target of {} bytes",
+                target.len()
+            )));
+        }
+        let mut st = self.state.lock();
+        let ino = st.insert_new(
+            &self.shared,
+            parent,
+            name,
+            Node::Symlink(target.to_vec()),
+            0o777,
+            uid,
+            gid,
+        )?;
+        st.inode_mut(ino)?.nlookup += 1;
+        st.stat(&self.shared, ino)
+    }
+
+    /// The target of a symbolic link.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let st = self.state.lock();
+        match &st.inode(ino)?.node {
+            Node::Symlink(t) => Ok(t.clone()),
+            _ => Err(Error::NotASymlink(ino.to_string())),
+        }
+    }
+
+    /// Adds the name `name` in `parent` for the non-directory `ino`.
+    pub fn link(&self, ino: Ino, parent: Ino, name: &Name) -> Result<Stat> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        if st.inode(ino)?.kind() == Kind::Dir {
+            return Err(Error::InvalidArgument(
+                "hard links to directories are not allowed".into(),
+            ));
+        }
+        if st.inode(ino)?.parents.is_empty() {
+            return Err(Error::NoEntry(format!("{ino} was removed")));
+        }
+        st.ensure_loaded(&self.shared, parent)?;
+        if st.entries(parent)?.contains_key(name) {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        let t = now();
+        st.entries_mut(parent)?.insert(name.clone(), ino);
+        let i = st.inode_mut(ino)?;
+        i.parents.push(parent);
+        i.ctime = t;
+        i.nlookup += 1;
+        st.touch_entries(parent, t);
+        st.stat(&self.shared, ino)
+    }
+
+    /// Removes a non-directory entry.
+    pub fn unlink(&self, parent: Ino, name: &Name) -> Result<()> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        let ino = st.lookup(&self.shared, parent, name)?;
+        if st.inode(ino)?.kind() == Kind::Dir {
+            return Err(Error::IsADirectory(name.to_string()));
+        }
+        st.detach(parent, name, ino);
+        self.remove_dead_files(&mut st);
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: Ino, name: &Name) -> Result<()> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        let ino = st.lookup(&self.shared, parent, name)?;
+        if st.inode(ino)?.kind() != Kind::Dir {
+            return Err(Error::NotADirectory(name.to_string()));
+        }
+        st.ensure_loaded(&self.shared, ino)?;
+        if !st.entries(ino)?.is_empty() {
+            return Err(Error::NotEmpty(name.to_string()));
+        }
+        st.detach(parent, name, ino);
+        self.remove_dead_files(&mut st);
+        Ok(())
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name`.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &Name,
+        new_parent: Ino,
+        new_name: &Name,
+        mode: RenameMode,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        let src = st.lookup(&self.shared, parent, name)?;
+        st.ensure_loaded(&self.shared, new_parent)?;
+        let dst = st.entries(new_parent)?.get(new_name).copied();
+        let src_dir = st.inode(src)?.kind() == Kind::Dir;
+        // Neither end may move a directory below itself.
+        if src_dir && st.is_ancestor(src, new_parent)? {
+            return Err(Error::Loop(name.to_string()));
+        }
+        let t = now();
+        match (mode, dst) {
+            (RenameMode::Exchange, None) => return Err(Error::NoEntry(new_name.to_string())),
+            (RenameMode::Exchange, Some(dst)) => {
+                if st.inode(dst)?.kind() == Kind::Dir && st.is_ancestor(dst, parent)? {
+                    return Err(Error::Loop(new_name.to_string()));
+                }
+                if src == dst {
+                    return Ok(());
+                }
+                st.entries_mut(parent)?.insert(name.clone(), dst);
+                st.entries_mut(new_parent)?.insert(new_name.clone(), src);
+                st.relink(src, parent, new_parent)?;
+                st.relink(dst, new_parent, parent)?;
+                st.inode_mut(src)?.ctime = t;
+                st.inode_mut(dst)?.ctime = t;
+                st.touch_entries(parent, t);
+                st.touch_entries(new_parent, t);
+                return Ok(());
+            }
+            (RenameMode::NoReplace, Some(_)) => {
+                return Err(Error::AlreadyExists(new_name.to_string()));
+            }
+            (_, Some(dst)) => {
+                if dst == src {
+                    // POSIX: two names of the same file: do nothing.
+                    return Ok(());
+                }
+                let dst_dir = st.inode(dst)?.kind() == Kind::Dir;
+                match (src_dir, dst_dir) {
+                    (true, false) => return Err(Error::NotADirectory(new_name.to_string())),
+                    (false, true) => return Err(Error::IsADirectory(new_name.to_string())),
+                    (true, true) => {
+                        st.ensure_loaded(&self.shared, dst)?;
+                        if !st.entries(dst)?.is_empty() {
+                            return Err(Error::NotEmpty(new_name.to_string()));
+                        }
+                    }
+                    (false, false) => {}
+                }
+                st.detach(new_parent, new_name, dst);
+            }
+            (_, None) => {}
+        }
+        st.entries_mut(parent)?.remove(name);
+        st.entries_mut(new_parent)?.insert(new_name.clone(), src);
+        if src_dir && parent != new_parent {
+            st.adjust_subdirs(parent, -1);
+            st.adjust_subdirs(new_parent, 1);
+        }
+        st.relink(src, parent, new_parent)?;
+        st.inode_mut(src)?.ctime = t;
+        st.touch_entries(parent, t);
+        if new_parent != parent {
+            st.touch_entries(new_parent, t);
+        }
+        self.remove_dead_files(&mut st);
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let source = {
+            let mut st = self.state.lock();
+            let clean = match &st.inode(ino)?.node {
+                Node::File(FileData::Clean(c)) => Some(*c),
+                Node::File(FileData::Owned { .. }) => None,
+                Node::Dir { .. } => return Err(Error::IsADirectory(ino.to_string())),
+                _ => return Err(Error::InvalidArgument("read of a special file".into())),
+            };
+            st.inode_mut(ino)?.atime = now();
+            match clean {
+                Some(c) => Ok(c),
+                None => Err(self.owned_file(&mut st, ino)?),
+            }
+        };
+        match source {
+            Ok(content) => read_content(&self.shared, &content, offset, len),
+            Err(file) => {
+                let mut buf = vec![0u8; len as usize];
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = file
+                        .read_at(&mut buf[done..], offset + done as u64)
+                        .map_err(|e| Error::io("read", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                buf.truncate(done);
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` (past the end leaves a hole); returns bytes written.
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.check_writable()?;
+        let file = {
+            let mut st = self.state.lock();
+            if st.inode(ino)?.kind() != Kind::File {
+                return Err(Error::InvalidArgument("write to a non-file".into()));
+            }
+            self.own(&mut st, ino, false)?.0
+        };
+        file.write_all_at(data, offset)
+            .map_err(|e| Error::io("write", e))?;
+        let end = offset + data.len() as u64;
+        let mut st = self.state.lock();
+        st.note_written(ino, Some(end))?;
+        Ok(data.len())
+    }
+
+    /// A real file holding `ino`'s current bytes, for engines that hand the kernel a file
+    /// descriptor: the workspace's own copy when `write` (copying up once), otherwise the
+    /// workspace's copy if it has one, else a shared read-only materialized file.
+    pub fn backing_file(&self, ino: Ino, write: bool, truncate: bool) -> Result<(Arc<File>, bool)> {
+        let mut st = self.state.lock();
+        if st.inode(ino)?.kind() != Kind::File {
+            return Err(Error::InvalidArgument("not a regular file".into()));
+        }
+        if write {
+            self.check_writable()?;
+            let (file, _) = self.own(&mut st, ino, truncate)?;
+            if truncate {
+                file.set_len(0).map_err(|e| Error::io("truncate", e))?;
+                st.note_written(ino, Some(0))?;
+                if let Node::File(FileData::Owned { size, .. }) = &mut st.inode_mut(ino)?.node {
+                    *size = 0;
+                }
+            }
+            return Ok((file, true));
+        }
+        match &st.inode(ino)?.node {
+            Node::File(FileData::Clean(c)) => {
+                let c = *c;
+                drop(st);
+                let path = self.shared.materialize(&c)?;
+                let f = File::open(&path)
+                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                Ok((Arc::new(f), false))
+            }
+            _ => Ok((self.owned_file(&mut st, ino)?, true)),
+        }
+    }
+
+    /// Tells the workspace that its own copy of `ino` was written through a file
+    /// descriptor (by an engine); refreshes the size and marks the file changed.
+    pub fn note_write(&self, ino: Ino) -> Result<()> {
+        let mut st = self.state.lock();
+        st.note_written(ino, None)
+    }
+
+    /// Counts an open file handle, which keeps an unlinked inode alive.
+    pub fn open(&self, ino: Ino) -> Result<()> {
+        let mut st = self.state.lock();
+        st.inode_mut(ino)?.open += 1;
+        Ok(())
+    }
+
+    /// Drops an open file handle.
+    pub fn release(&self, ino: Ino) {
+        let mut st = self.state.lock();
+        if let Some(i) = st.inodes.get_mut(&ino) {
+            i.open = i.open.saturating_sub(1);
+        }
+        st.maybe_free(ino);
+        self.remove_dead_files(&mut st);
+    }
+
+    /// The value of extended attribute `name`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let mut st = self.state.lock();
+        st.load_if_dir(&self.shared, ino)?;
+        let i = st.inode(ino)?;
+        i.attrs
+            .xattrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or(Error::NoAttr)
+    }
+
+    /// Names of the extended attributes.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let mut st = self.state.lock();
+        st.load_if_dir(&self.shared, ino)?;
+        Ok(st
+            .inode(ino)?
+            .attrs
+            .xattrs
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    /// Sets extended attribute `name`.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        self.check_writable()?;
+        if name.is_empty() || name.len() > 255 || name.contains(&0) {
+            return Err(Error::InvalidArgument(
+                "xattr name must be 1..=255 bytes without NUL".into(),
+            ));
+        }
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "xattr value of {} bytes",
+                value.len()
+            )));
+        }
+        let mut st = self.state.lock();
+        st.load_if_dir(&self.shared, ino)?;
+        let i = st.inode_mut(ino)?;
+        let pos = i
+            .attrs
+            .xattrs
+            .binary_search_by(|(k, _)| k.as_slice().cmp(name));
+        match (pos, mode) {
+            (Ok(_), XattrMode::Create) => return Err(Error::AlreadyExists("xattr".into())),
+            (Err(_), XattrMode::Replace) => return Err(Error::NoAttr),
+            (Ok(p), _) => i.attrs.xattrs[p].1 = value.to_vec(),
+            (Err(p), _) => i.attrs.xattrs.insert(p, (name.to_vec(), value.to_vec())),
+        }
+        i.ctime = now();
+        st.touch(ino);
+        Ok(())
+    }
+
+    /// Removes extended attribute `name`.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let mut st = self.state.lock();
+        st.load_if_dir(&self.shared, ino)?;
+        let i = st.inode_mut(ino)?;
+        let p = i
+            .attrs
+            .xattrs
+            .binary_search_by(|(k, _)| k.as_slice().cmp(name))
+            .map_err(|_| Error::NoAttr)?;
+        i.attrs.xattrs.remove(p);
+        i.ctime = now();
+        st.touch(ino);
+        Ok(())
+    }
+
+    // ---- snapshots ----
+
+    /// Freezes the current content as a new child of the base snapshot; the workspace
+    /// then stands on it. Cost: O(changed paths × depth + changed bytes).
+    pub fn snapshot(
+        &self,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Snapshot> {
+        self.check_writable()?;
+        let _gc = self.shared.gc_lock.read();
+        let start = Instant::now();
+        let mut st = self.state.lock();
+        let mut w = self.shared.store.writer();
+        let mut changed = 0u64;
+        let mut cleaned = Vec::new();
+        let result = (|| {
+            let tref = st.commit_dir(self, Ino::ROOT, &mut w, &mut changed, &mut cleaned)?;
+            let id = self.shared.alloc_snapshot_id();
+            let snap = Snapshot {
+                id,
+                parent: st.base,
+                root: tref.fp,
+                tree: tref.node,
+                bytes: tref.bytes,
+                label,
+                created_ms: (now() / 1_000_000) as u64,
+                annotations,
+                metrics: Metrics {
+                    latency_us: 0,
+                    new_objects: w.new_objects,
+                    new_bytes: w.new_bytes,
+                    changed_paths: changed,
+                },
+            };
+            Ok::<_, Error>(snap)
+        })();
+        let mut snap = match result {
+            Ok(s) => s,
+            Err(e) => {
+                st.uncommit(&cleaned);
+                return Err(e);
+            }
+        };
+        snap.metrics.latency_us = start.elapsed().as_micros() as u64;
+        let mut batch = Batch::new();
+        snapshot::stage_insert(&mut batch, &snap);
+        self.shared.stage_counters(&mut batch);
+        let old = (st.base, st.base_root);
+        st.base = Some(snap.id);
+        st.base_root = snap.root;
+        batch.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(&st, None)),
+        );
+        if let Err(e) = w.commit(batch) {
+            (st.base, st.base_root) = old;
+            st.uncommit(&cleaned);
+            return Err(e);
+        }
+        Ok(snap)
+    }
+
+    /// Switches to snapshot `id` in place. Refuses with `Dirty` when there are
+    /// uncommitted changes, unless `discard`. O(1) in tree size: directories load lazily,
+    /// and unchanged paths keep their inode numbers.
+    pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {
+        let snap = snapshot::load(self.shared.store.backend().as_ref(), id)?;
+        let mut st = self.state.lock();
+        if st.is_dirty() && !discard {
+            return Err(Error::Dirty(self.id));
+        }
+        let old = (st.base, st.base_root);
+        st.base = Some(id);
+        st.base_root = snap.root;
+        if let Err(e) = self.write_record(&st, None, Durability::Buffered) {
+            (st.base, st.base_root) = old;
+            return Err(e);
+        }
+        st.generation += 1;
+        let generation = st.generation;
+        let tref = TreeRef {
+            node: snap.tree,
+            fp: snap.root,
+            bytes: snap.bytes,
+        };
+        let root = st.inode_mut(Ino::ROOT)?;
+        root.generation = generation;
+        if let Node::Dir { state, prev } = &mut root.node {
+            let old = std::mem::replace(state, DirState::Unloaded(tref));
+            if let DirState::Loaded { entries, .. } = old {
+                *prev = Some(entries);
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists uncommitted changes (as a tree in the store) so that they survive closing
+    /// and reopening the store. Called by `close`.
+    pub fn save(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let _gc = self.shared.gc_lock.read();
+        let mut st = self.state.lock();
+        let mut w = self.shared.store.writer();
+        let mut changed = 0;
+        let mut cleaned = Vec::new();
+        let tref = match st.commit_dir(self, Ino::ROOT, &mut w, &mut changed, &mut cleaned) {
+            Ok(t) => t,
+            Err(e) => {
+                st.uncommit(&cleaned);
+                return Err(e);
+            }
+        };
+        let head = (tref.fp != st.base_root).then_some(tref);
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(&st, head)),
+        );
+        if let Err(e) = w.commit(batch) {
+            st.uncommit(&cleaned);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    // ---- helpers ----
+
+    /// Makes sure `ino` has its own file (copy-up), returning it and whether it was
+    /// copied now. With `empty`, the old content is not copied (O_TRUNC, truncate to 0).
+    fn own(&self, st: &mut State, ino: Ino, empty: bool) -> Result<(Arc<File>, bool)> {
+        let content = match &st.inode(ino)?.node {
+            Node::File(FileData::Clean(c)) => *c,
+            Node::File(FileData::Owned { .. }) => return Ok((self.owned_file(st, ino)?, false)),
+            _ => return Err(Error::InvalidArgument("not a regular file".into())),
+        };
+        let id = st.next_file;
+        st.next_file += 1;
+        let path = self.data_path(id);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        let size = if empty {
+            0
+        } else {
+            let mut out = std::io::BufWriter::with_capacity(256 << 10, &mut f);
+            tree::write_content(&self.shared.store, &content, &mut out)?;
+            out.flush().map_err(|e| Error::io("copy up", e))?;
+            drop(out);
+            content.size
+        };
+        let file = Arc::new(f);
+        let committed = (!empty || content.size == 0).then_some(content);
+        if let Node::File(data) = &mut st.inode_mut(ino)?.node {
+            *data = FileData::Owned {
+                id,
+                size,
+                file: Some(file.clone()),
+                committed,
+            };
+        }
+        if committed.is_none() {
+            st.touch(ino);
+        }
+        Ok((file, true))
+    }
+
+    fn owned_file(&self, st: &mut State, ino: Ino) -> Result<Arc<File>> {
+        let path_of = |id| self.data_path(id);
+        match &mut st.inode_mut(ino)?.node {
+            Node::File(FileData::Owned { file: Some(f), .. }) => Ok(f.clone()),
+            Node::File(FileData::Owned { id, file, .. }) => {
+                let path = path_of(*id);
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                let f = Arc::new(f);
+                *file = Some(f.clone());
+                Ok(f)
+            }
+            _ => Err(Error::InvalidArgument("file has no own copy".into())),
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of a stored content, touching only the chunks needed.
+fn read_content(shared: &Shared, content: &Content, offset: u64, len: u32) -> Result<Vec<u8>> {
+    if offset >= content.size || len == 0 {
+        return Ok(Vec::new());
+    }
+    let end = (offset + len as u64).min(content.size);
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    let mut pos = 0u64;
+    for (hash, clen) in tree::chunks_of(&shared.store, content)? {
+        let (cstart, cend) = (pos, pos + clen as u64);
+        pos = cend;
+        if cend <= offset {
+            continue;
+        }
+        if cstart >= end {
+            break;
+        }
+        let data = shared.store.get(&hash)?;
+        let from = offset.saturating_sub(cstart) as usize;
+        let to = ((end - cstart) as usize).min(data.len());
+        if from > to {
+            return Err(Error::Corrupt {
+                hash,
+                reason: "chunk shorter than its list says".into(),
+            });
+        }
+        out.extend_from_slice(&data[from..to]);
+    }
+    Ok(out)
+}
+
+impl State {
+    fn inode(&self, ino: Ino) -> Result<&Inode> {
+        self.inodes
+            .get(&ino)
+            .ok_or_else(|| Error::NoEntry(ino.to_string()))
+    }
+
+    fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode> {
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| Error::NoEntry(ino.to_string()))
+    }
+
+    fn is_dirty(&self) -> bool {
+        match self.inodes.get(&Ino::ROOT).map(|i| &i.node) {
+            Some(Node::Dir {
+                state: DirState::Unloaded(t),
+                ..
+            }) => t.fp != self.base_root,
+            Some(Node::Dir {
+                state: DirState::Loaded { clean: Some(t), .. },
+                ..
+            }) => t.fp != self.base_root,
+            _ => true,
+        }
+    }
+
+    fn entries(&self, ino: Ino) -> Result<&BTreeMap<Name, Ino>> {
+        match &self.inode(ino)?.node {
+            Node::Dir {
+                state: DirState::Loaded { entries, .. },
+                ..
+            } => Ok(entries),
+            Node::Dir { .. } => Err(Error::InvalidArgument(format!("{ino} is not loaded"))),
+            _ => Err(Error::NotADirectory(ino.to_string())),
+        }
+    }
+
+    fn entries_mut(&mut self, ino: Ino) -> Result<&mut BTreeMap<Name, Ino>> {
+        match &mut self.inode_mut(ino)?.node {
+            Node::Dir {
+                state: DirState::Loaded { entries, .. },
+                ..
+            } => Ok(entries),
+            Node::Dir { .. } => Err(Error::InvalidArgument(format!("{ino} is not loaded"))),
+            _ => Err(Error::NotADirectory(ino.to_string())),
+        }
+    }
+
+    fn alloc(&mut self, inode: Inode) -> Ino {
+        let ino = Ino(self.next_ino);
+        self.next_ino += 1;
+        self.inodes.insert(ino, inode);
+        ino
+    }
+
+    fn load_if_dir(&mut self, shared: &Shared, ino: Ino) -> Result<()> {
+        if self.inode(ino)?.kind() == Kind::Dir {
+            self.ensure_loaded(shared, ino)?;
+        }
+        Ok(())
+    }
+
+    /// Loads a directory's node from the store, creating (or, after a checkout, reusing)
+    /// inodes for its entries.
+    fn ensure_loaded(&mut self, shared: &Shared, ino: Ino) -> Result<()> {
+        let (tref, prev) = match &mut self.inode_mut(ino)?.node {
+            Node::Dir {
+                state: DirState::Unloaded(t),
+                prev,
+            } => (*t, prev.take()),
+            Node::Dir { .. } => return Ok(()),
+            _ => return Err(Error::NotADirectory(ino.to_string())),
+        };
+        let node = DirNode::load(&shared.store, &tref.node)?;
+        let generation = self.generation;
+        let mut prev = prev.unwrap_or_default();
+        let mut entries = BTreeMap::new();
+        let mut subdirs = 0;
+        for (name, kind) in node.entries {
+            let mut reuse = prev.remove(&name);
+            if let Some(old) = reuse.filter(|old| !self.reusable(*old, &kind)) {
+                self.orphan(old, ino);
+                reuse = None;
+            }
+            if matches!(kind, EntryKind::Dir { .. }) {
+                subdirs += 1;
+            }
+            let child = match reuse {
+                Some(old) => {
+                    self.reuse(old, ino, kind);
+                    old
+                }
+                None => {
+                    let inode = inode_from_entry(kind, ino, generation);
+                    self.alloc(inode)
+                }
+            };
+            entries.insert(name, child);
+        }
+        for (_, old) in prev {
+            self.orphan(old, ino);
+        }
+        let i = self.inode_mut(ino)?;
+        i.attrs = node.attrs;
+        i.atime = i.attrs.mtime;
+        i.ctime = i.attrs.mtime;
+        i.node = Node::Dir {
+            state: DirState::Loaded {
+                entries,
+                clean: Some(tref),
+                base: Some(tref.node),
+                subdirs,
+            },
+            prev: None,
+        };
+        Ok(())
+    }
+
+    /// Whether inode `old` (from before a checkout) can stand for `entry` now: the same
+    /// directory path, or an identical file not already claimed in this generation.
+    fn reusable(&self, old: Ino, entry: &EntryKind) -> bool {
+        let Some(i) = self.inodes.get(&old) else {
+            return false;
+        };
+        if i.generation == self.generation {
+            return false;
+        }
+        match (&i.node, entry) {
+            (Node::Dir { .. }, EntryKind::Dir { .. }) => true,
+            (Node::File(data), EntryKind::File { attrs, content }) => {
+                let same = match data {
+                    FileData::Clean(c) => c == content,
+                    FileData::Owned { committed, .. } => committed.as_ref() == Some(content),
+                };
+                same && i.attrs.mode == attrs.mode
+                    && i.attrs.uid == attrs.uid
+                    && i.attrs.gid == attrs.gid
+            }
+            (Node::Symlink(t), EntryKind::Symlink { target, .. }) => t == target,
+            _ => false,
+        }
+    }
+
+    fn reuse(&mut self, old: Ino, parent: Ino, entry: EntryKind) {
+        let generation = self.generation;
+        let Some(i) = self.inodes.get_mut(&old) else {
+            return;
+        };
+        i.generation = generation;
+        i.parents = vec![parent];
+        match entry {
+            EntryKind::Dir { node, fp, bytes } => {
+                if let Node::Dir { state, prev } = &mut i.node {
+                    let was =
+                        std::mem::replace(state, DirState::Unloaded(TreeRef { node, fp, bytes }));
+                    *prev = match was {
+                        DirState::Loaded { entries, .. } => Some(entries),
+                        DirState::Unloaded(_) => prev.take(),
+                    };
+                }
+            }
+            EntryKind::File { attrs, .. }
+            | EntryKind::Symlink { attrs, .. }
+            | EntryKind::Fifo { attrs } => {
+                i.attrs = attrs;
+            }
+        }
+    }
+
+    /// `old` no longer has a name under `parent` (checkout); free it if nobody knows it.
+    fn orphan(&mut self, old: Ino, parent: Ino) {
+        if let Some(i) = self.inodes.get_mut(&old) {
+            if let Some(p) = i.parents.iter().position(|&p| p == parent) {
+                i.parents.swap_remove(p);
+            }
+            if i.parents.is_empty() && i.nlookup == 0 && i.open == 0 {
+                self.free_tree(old);
+            }
+        }
+    }
+
+    /// Removes `ino` and, for a directory, every unreferenced inode below it.
+    fn free_tree(&mut self, ino: Ino) {
+        let Some(i) = self.inodes.remove(&ino) else {
+            return;
+        };
+        match i.node {
+            Node::File(FileData::Owned { id, .. }) => self.dead_files.push(id),
+            Node::Dir {
+                state: DirState::Loaded { entries, .. },
+                prev,
+            } => {
+                for child in entries
+                    .into_values()
+                    .chain(prev.into_iter().flat_map(|p| p.into_values()))
+                {
+                    self.orphan(child, ino);
+                }
+            }
+            Node::Dir { prev: Some(p), .. } => {
+                for child in p.into_values() {
+                    self.orphan(child, ino);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Frees an inode that has no name, no kernel reference and no open handle.
+    fn maybe_free(&mut self, ino: Ino) {
+        let free = matches!(self.inodes.get(&ino), Some(i) if ino != Ino::ROOT && i.parents.is_empty() && i.nlookup == 0 && i.open == 0);
+        if free {
+            self.free_tree(ino);
+        }
+    }
+
+    fn lookup(&mut self, shared: &Shared, parent: Ino, name: &Name) -> Result<Ino> {
+        self.ensure_loaded(shared, parent)?;
+        let ino = *self
+            .entries(parent)?
+            .get(name)
+            .ok_or_else(|| Error::NoEntry(name.to_string()))?;
+        self.load_if_dir(shared, ino)?;
+        Ok(ino)
+    }
+
+    fn stat(&mut self, shared: &Shared, ino: Ino) -> Result<Stat> {
+        self.load_if_dir(shared, ino)?;
+        let i = self.inode(ino)?;
+        let (size, nlink) = match &i.node {
+            Node::File(FileData::Clean(c)) => (c.size, i.parents.len().max(1)),
+            Node::File(FileData::Owned { size, .. }) => (*size, i.parents.len()),
+            Node::Dir {
+                state: DirState::Loaded { subdirs, .. },
+                ..
+            } => (4096, 2 + *subdirs as usize),
+            Node::Dir { .. } => (4096, 2),
+            Node::Symlink(t) => (t.len() as u64, i.parents.len()),
+            Node::Fifo => (0, i.parents.len()),
+        };
+        let nlink = if i.kind() != Kind::Dir && i.parents.is_empty() {
+            0
+        } else {
+            nlink
+        };
+        Ok(Stat {
+            ino,
+            kind: i.kind(),
+            size,
+            mode: i.attrs.mode,
+            uid: i.attrs.uid,
+            gid: i.attrs.gid,
+            nlink: nlink as u32,
+            atime: i.atime,
+            mtime: i.attrs.mtime,
+            ctime: i.ctime,
+        })
+    }
+
+    /// Marks `ino` changed: the directories that name it (and their ancestors) are dirty.
+    fn touch(&mut self, ino: Ino) {
+        let is_dir = matches!(
+            self.inodes.get(&ino).map(|i| &i.node),
+            Some(Node::Dir { .. })
+        );
+        if is_dir {
+            self.dirty_dir(ino);
+        } else if let Some(i) = self.inodes.get(&ino) {
+            for p in i.parents.clone() {
+                self.dirty_dir(p);
+            }
+        }
+    }
+
+    fn dirty_dir(&mut self, mut ino: Ino) {
+        loop {
+            let Some(i) = self.inodes.get_mut(&ino) else {
+                return;
+            };
+            match &mut i.node {
+                Node::Dir {
+                    state: DirState::Loaded { clean, .. },
+                    ..
+                } => {
+                    if clean.take().is_none() && ino != Ino::ROOT {
+                        // Already dirty: by the invariant, so are its ancestors.
+                        return;
+                    }
+                }
+                _ => return,
+            }
+            match i.parents.first() {
+                Some(&p) => ino = p,
+                None => return,
+            }
+        }
+    }
+
+    /// A directory's entries changed: update its times and mark it dirty.
+    fn touch_entries(&mut self, dir: Ino, t: Nanos) {
+        if let Some(i) = self.inodes.get_mut(&dir) {
+            i.attrs.mtime = t;
+            i.ctime = t;
+        }
+        self.dirty_dir(dir);
+    }
+
+    fn adjust_subdirs(&mut self, dir: Ino, delta: i32) {
+        if let Some(Inode {
+            node:
+                Node::Dir {
+                    state: DirState::Loaded { subdirs, .. },
+                    ..
+                },
+            ..
+        }) = self.inodes.get_mut(&dir)
+        {
+            *subdirs = subdirs.saturating_add_signed(delta);
+        }
+    }
+
+    fn relink(&mut self, ino: Ino, from: Ino, to: Ino) -> Result<()> {
+        let i = self.inode_mut(ino)?;
+        if let Some(p) = i.parents.iter().position(|&p| p == from) {
+            i.parents[p] = to;
+        }
+        // The moved entry's encoding changes in both directories.
+        self.touch(ino);
+        Ok(())
+    }
+
+    fn is_ancestor(&self, candidate: Ino, mut ino: Ino) -> Result<bool> {
+        loop {
+            if ino == candidate {
+                return Ok(true);
+            }
+            match self.inode(ino)?.parents.first() {
+                Some(&p) => ino = p,
+                None => return Ok(false),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_new(
+        &mut self,
+        shared: &Shared,
+        parent: Ino,
+        name: &Name,
+        node: Node,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Ino> {
+        self.ensure_loaded(shared, parent)?;
+        if self.inode(parent)?.parents.is_empty() && parent != Ino::ROOT {
+            return Err(Error::NoEntry(format!("{parent} was removed")));
+        }
+        if self.entries(parent)?.contains_key(name) {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        let t = now();
+        let is_dir = matches!(node, Node::Dir { .. });
+        let generation = self.generation;
+        let ino = self.alloc(Inode {
+            node,
+            attrs: Attrs {
+                mode: mode & 0o7777,
+                uid,
+                gid,
+                mtime: t,
+                xattrs: Vec::new(),
+            },
+            atime: t,
+            ctime: t,
+            parents: vec![parent],
+            nlookup: 0,
+            open: 0,
+            generation,
+        });
+        self.entries_mut(parent)?.insert(name.clone(), ino);
+        if is_dir {
+            self.adjust_subdirs(parent, 1);
+        }
+        self.touch_entries(parent, t);
+        Ok(ino)
+    }
+
+    /// Removes the name `parent/name` of `ino`; frees `ino` if that was its last name
+    /// and nothing holds it.
+    fn detach(&mut self, parent: Ino, name: &Name, ino: Ino) {
+        let t = now();
+        if let Ok(entries) = self.entries_mut(parent) {
+            entries.remove(name);
+        }
+        let is_dir = matches!(
+            self.inodes.get(&ino).map(|i| &i.node),
+            Some(Node::Dir { .. })
+        );
+        if is_dir {
+            self.adjust_subdirs(parent, -1);
+        }
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            if let Some(p) = i.parents.iter().position(|&p| p == parent) {
+                i.parents.swap_remove(p);
+            }
+            i.ctime = t;
+        }
+        self.touch_entries(parent, t);
+        // Other names of a hard-linked file encode its (changed) link count nowhere, but
+        // its ctime changed; mark them so the next snapshot sees a consistent state.
+        self.touch(ino);
+        self.maybe_free(ino);
+    }
+
+    fn note_written(&mut self, ino: Ino, end: Option<u64>) -> Result<()> {
+        let t = now();
+        let i = self.inode_mut(ino)?;
+        if let Node::File(FileData::Owned {
+            size,
+            committed,
+            file,
+            ..
+        }) = &mut i.node
+        {
+            match end {
+                Some(end) => *size = (*size).max(end),
+                None => {
+                    if let Some(f) = file {
+                        *size = f
+                            .metadata()
+                            .map_err(|e| Error::io("stat own copy", e))?
+                            .len();
+                    }
+                }
+            }
+            *committed = None;
+        }
+        i.attrs.mtime = t;
+        i.ctime = t;
+        self.touch(ino);
+        Ok(())
+    }
+
+    /// Encodes a directory, recursing only into dirty subdirectories and hashing only
+    /// changed files. `cleaned` records what was marked clean, for `uncommit`.
+    fn commit_dir(
+        &mut self,
+        ws: &Workspace,
+        ino: Ino,
+        w: &mut ObjectWriter<'_>,
+        changed: &mut u64,
+        cleaned: &mut Vec<Ino>,
+    ) -> Result<TreeRef> {
+        let (entries, base) = match &self.inode(ino)?.node {
+            Node::Dir {
+                state: DirState::Unloaded(t),
+                ..
+            } => return Ok(*t),
+            Node::Dir {
+                state: DirState::Loaded { clean: Some(t), .. },
+                ..
+            } => return Ok(*t),
+            Node::Dir {
+                state: DirState::Loaded { entries, base, .. },
+                ..
+            } => (entries.clone(), *base),
+            _ => return Err(Error::NotADirectory(ino.to_string())),
+        };
+        let mut node = DirNode {
+            attrs: self.inode(ino)?.attrs.clone(),
+            entries: Vec::with_capacity(entries.len()),
+        };
+        for (name, child) in entries {
+            let kind = match self.inode(child)?.kind() {
+                Kind::Dir => {
+                    let t = self.commit_dir(ws, child, w, changed, cleaned)?;
+                    EntryKind::Dir {
+                        node: t.node,
+                        fp: t.fp,
+                        bytes: t.bytes,
+                    }
+                }
+                Kind::File => {
+                    let content = self.commit_file(ws, child, w, cleaned)?;
+                    EntryKind::File {
+                        attrs: self.inode(child)?.attrs.clone(),
+                        content,
+                    }
+                }
+                Kind::Symlink => {
+                    let i = self.inode(child)?;
+                    let Node::Symlink(target) = &i.node else {
+                        unreachable!()
+                    };
+                    EntryKind::Symlink {
+                        attrs: i.attrs.clone(),
+                        target: target.clone(),
+                    }
+                }
+                Kind::Fifo => EntryKind::Fifo {
+                    attrs: self.inode(child)?.attrs.clone(),
+                },
+            };
+            node.entries.push((name, kind));
+        }
+        *changed += count_changes(&ws.shared, base, &node)?;
+        let tref = node.store(w)?;
+        if let Node::Dir {
+            state: DirState::Loaded { clean, base, .. },
+            ..
+        } = &mut self.inode_mut(ino)?.node
+        {
+            *clean = Some(tref);
+            *base = Some(tref.node);
+        }
+        cleaned.push(ino);
+        Ok(tref)
+    }
+
+    fn commit_file(
+        &mut self,
+        ws: &Workspace,
+        ino: Ino,
+        w: &mut ObjectWriter<'_>,
+        cleaned: &mut Vec<Ino>,
+    ) -> Result<Content> {
+        let id = match &self.inode(ino)?.node {
+            Node::File(FileData::Clean(c)) => return Ok(*c),
+            Node::File(FileData::Owned {
+                committed: Some(c), ..
+            }) => return Ok(*c),
+            Node::File(FileData::Owned { id, .. }) => *id,
+            _ => return Err(Error::InvalidArgument("not a file".into())),
+        };
+        let path = ws.data_path(id);
+        let f = File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
+        if let Node::File(FileData::Owned {
+            committed, size, ..
+        }) = &mut self.inode_mut(ino)?.node
+        {
+            *committed = Some(content);
+            *size = content.size;
+        }
+        cleaned.push(ino);
+        Ok(content)
+    }
+
+    /// Undoes the clean marks of a commit that failed to write.
+    fn uncommit(&mut self, cleaned: &[Ino]) {
+        for ino in cleaned {
+            if let Some(i) = self.inodes.get_mut(ino) {
+                match &mut i.node {
+                    Node::Dir {
+                        state: DirState::Loaded { clean, .. },
+                        ..
+                    } => *clean = None,
+                    Node::File(FileData::Owned { committed, .. }) => *committed = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Workspace {
+    /// Deletes the own copies of freed inodes.
+    fn remove_dead_files(&self, st: &mut State) {
+        for id in std::mem::take(&mut st.dead_files) {
+            let path = self.data_path(id);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove unlinked file data");
+            }
+        }
+    }
+}
+
+/// Entries added, removed or changed (non-directory kinds) between the node a directory
+/// was loaded from and its new encoding. Subdirectories count their own changes.
+fn count_changes(shared: &Shared, base: Option<Hash>, new: &DirNode) -> Result<u64> {
+    let old = match base {
+        Some(h) => DirNode::load(&shared.store, &h)?,
+        None => return Ok(new.entries.len() as u64),
+    };
+    let mut n = 0;
+    let mut oi = old.entries.iter().peekable();
+    for (name, kind) in &new.entries {
+        while let Some((on, _)) = oi.peek() {
+            if on < name {
+                n += 1;
+                oi.next();
+            } else {
+                break;
+            }
+        }
+        match oi.peek() {
+            Some((on, ok)) if on == name => {
+                let differs = match (ok, kind) {
+                    (EntryKind::Dir { .. }, EntryKind::Dir { .. }) => false,
+                    (a, b) => !same_content(a, b),
+                };
+                n += differs as u64;
+                oi.next();
+            }
+            _ => n += 1,
+        }
+    }
+    n += oi.count() as u64;
+    Ok(n)
+}
+
+/// Equal for the fingerprint: everything but mtimes.
+fn same_content(a: &EntryKind, b: &EntryKind) -> bool {
+    fn strip(k: &EntryKind) -> EntryKind {
+        let mut k = k.clone();
+        match &mut k {
+            EntryKind::File { attrs, .. }
+            | EntryKind::Symlink { attrs, .. }
+            | EntryKind::Fifo { attrs } => attrs.mtime = 0,
+            EntryKind::Dir { node, .. } => *node = Hash::default(),
+        }
+        k
+    }
+    strip(a) == strip(b)
+}
+
+fn inode_from_entry(kind: EntryKind, parent: Ino, generation: u64) -> Inode {
+    let (node, attrs) = match kind {
+        EntryKind::Dir { node, fp, bytes } => {
+            return dir_inode(TreeRef { node, fp, bytes }, Some(parent), generation);
+        }
+        EntryKind::File { attrs, content } => (Node::File(FileData::Clean(content)), attrs),
+        EntryKind::Symlink { attrs, target } => (Node::Symlink(target), attrs),
+        EntryKind::Fifo { attrs } => (Node::Fifo, attrs),
+    };
+    Inode {
+        node,
+        atime: attrs.mtime,
+        ctime: attrs.mtime,
+        attrs,
+        parents: vec![parent],
+        nlookup: 0,
+        open: 0,
+        generation,
+    }
+}
+
+// ---- path-based helpers, for import, tests and tools ----
+
+impl Workspace {
+    /// Resolves a `/`-separated path relative to the root, without following symlinks.
+    pub fn resolve(&self, path: &str) -> Result<Ino> {
+        let mut st = self.state.lock();
+        let mut ino = Ino::ROOT;
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            let name = Name::try_from(comp)?;
+            if st.inode(ino)?.kind() != Kind::Dir {
+                return Err(Error::NotADirectory(comp.to_string()));
+            }
+            ino = st.lookup(&self.shared, ino, &name)?;
+        }
+        Ok(ino)
+    }
+
+    /// Splits `path` into its parent directory's inode and its last name.
+    pub fn parent_of(&self, path: &str) -> Result<(Ino, Name)> {
+        let path = path.trim_end_matches('/');
+        let (dir, last) = match path.rfind('/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => ("", path),
+        };
+        let parent = self.resolve(dir)?;
+        Ok((parent, Name::try_from(last)?))
+    }
+
+    /// The whole content of the file at `path`.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let ino = self.resolve(path)?;
+        let size = self.getattr(ino)?.size;
+        let mut out = Vec::with_capacity(size as usize);
+        while (out.len() as u64) < size {
+            let chunk = self.read(
+                ino,
+                out.len() as u64,
+                (size - out.len() as u64).min(1 << 20) as u32,
+            )?;
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Creates or replaces the file at `path` with `data` (mode 0644 when created).
+    pub fn write_file(&self, path: &str, data: &[u8]) -> Result<Ino> {
+        let (parent, name) = self.parent_of(path)?;
+        let ino = match self.create(parent, &name, Kind::File, 0o644, 0, 0) {
+            Ok(st) => st.ino,
+            Err(Error::AlreadyExists(_)) => {
+                let ino = self.resolve(path)?;
+                self.setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(0),
+                        ..Default::default()
+                    },
+                )?;
+                ino
+            }
+            Err(e) => return Err(e),
+        };
+        self.write(ino, 0, data)?;
+        Ok(ino)
+    }
+
+    /// Creates the directory at `path`.
+    pub fn mkdir_path(&self, path: &str) -> Result<Ino> {
+        let (parent, name) = self.parent_of(path)?;
+        Ok(self.mkdir(parent, &name, 0o755, 0, 0)?.ino)
+    }
+
+    /// Lists every path below the root with its kind, in depth-first name order.
+    pub fn walk(&self) -> Result<Vec<(String, Kind)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), Ino::ROOT)];
+        while let Some((prefix, ino)) = stack.pop() {
+            let mut children = self.readdir(ino)?;
+            children.reverse();
+            for e in children {
+                let path = format!("{prefix}{}", e.name);
+                if e.kind == Kind::Dir {
+                    stack.push((format!("{path}/"), e.ino));
+                }
+                out.push((path, e.kind));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The workspace's state directory (own file copies live in `data/`).
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+}
