@@ -166,7 +166,6 @@ enum FileData {
     Owned {
         id: u64,
         size: u64,
-        file: Option<Arc<File>>,
         /// The content as last committed, while the file has not changed since.
         committed: Option<Content>,
     },
@@ -269,12 +268,12 @@ impl Workspace {
         let dir = shared.workspace_dir(rec.id);
         let data = dir.join("data");
         // Uncommitted data was saved into the store as `head`; stale copies are garbage.
-        if data.exists() {
-            std::fs::remove_dir_all(&data)
-                .map_err(|e| Error::io(format!("clear {}", data.display()), e))?;
+        // The directory itself is created at the first copy-up, keeping fork O(1).
+        match std::fs::remove_dir_all(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("clear {}", data.display()), e)),
         }
-        std::fs::create_dir_all(&data)
-            .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
         let mut inodes = HashMap::new();
         inodes.insert(Ino::ROOT, dir_inode(start, None, 0));
         Ok(Workspace {
@@ -495,7 +494,7 @@ impl Workspace {
         if kind == Kind::File {
             // A new file gets its own copy at once and is committed (stored) at snapshot.
             self.own(&mut st, ino, true)?;
-            st.note_written(ino, Some(0))?;
+            st.note_written(ino, Some(0), None)?;
         }
         st.inode_mut(ino)?.nlookup += 1;
         st.stat(&self.shared, ino)
@@ -743,7 +742,7 @@ impl Workspace {
             .map_err(|e| Error::io("write", e))?;
         let end = offset + data.len() as u64;
         let mut st = self.state.lock();
-        st.note_written(ino, Some(end))?;
+        st.note_written(ino, Some(end), None)?;
         Ok(data.len())
     }
 
@@ -760,10 +759,7 @@ impl Workspace {
             let (file, _) = self.own(&mut st, ino, truncate)?;
             if truncate {
                 file.set_len(0).map_err(|e| Error::io("truncate", e))?;
-                st.note_written(ino, Some(0))?;
-                if let Node::File(FileData::Owned { size, .. }) = &mut st.inode_mut(ino)?.node {
-                    *size = 0;
-                }
+                st.note_written(ino, None, Some(0))?;
             }
             return Ok((file, true));
         }
@@ -784,7 +780,16 @@ impl Workspace {
     /// descriptor (by an engine); refreshes the size and marks the file changed.
     pub fn note_write(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
-        st.note_written(ino, None)
+        let size = match &st.inode(ino)?.node {
+            Node::File(FileData::Owned { id, .. }) => {
+                let path = self.data_path(*id);
+                std::fs::metadata(&path)
+                    .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+                    .len()
+            }
+            _ => return Ok(()),
+        };
+        st.note_written(ino, None, Some(size))
     }
 
     /// Counts an open file handle, which keeps an unlinked inode alive.
@@ -1022,12 +1027,23 @@ impl Workspace {
         let id = st.next_file;
         st.next_file += 1;
         let path = self.data_path(id);
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        let create = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        };
+        let created = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let data = self.dir.join("data");
+                std::fs::create_dir_all(&data)
+                    .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
+                create()
+            }
+            other => other,
+        };
+        let mut f = created.map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         let size = if empty {
             0
         } else {
@@ -1043,7 +1059,6 @@ impl Workspace {
             *data = FileData::Owned {
                 id,
                 size,
-                file: Some(file.clone()),
                 committed,
             };
         }
@@ -1054,19 +1069,16 @@ impl Workspace {
     }
 
     fn owned_file(&self, st: &mut State, ino: Ino) -> Result<Arc<File>> {
-        let path_of = |id| self.data_path(id);
-        match &mut st.inode_mut(ino)?.node {
-            Node::File(FileData::Owned { file: Some(f), .. }) => Ok(f.clone()),
-            Node::File(FileData::Owned { id, file, .. }) => {
-                let path = path_of(*id);
+        // Opened per use, not cached: a workspace may own more files than the fd limit.
+        match &st.inode(ino)?.node {
+            Node::File(FileData::Owned { id, .. }) => {
+                let path = self.data_path(*id);
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(&path)
                     .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-                let f = Arc::new(f);
-                *file = Some(f.clone());
-                Ok(f)
+                Ok(Arc::new(f))
             }
             _ => Err(Error::InvalidArgument("file has no own copy".into())),
         }
@@ -1520,26 +1532,20 @@ impl State {
         self.maybe_free(ino);
     }
 
-    fn note_written(&mut self, ino: Ino, end: Option<u64>) -> Result<()> {
+    /// Marks a file's own copy changed. `Some(end)`: a write reached `end`; `None` with
+    /// `exact`: the size is exactly what the own copy holds now.
+    fn note_written(&mut self, ino: Ino, end: Option<u64>, exact: Option<u64>) -> Result<()> {
         let t = now();
         let i = self.inode_mut(ino)?;
         if let Node::File(FileData::Owned {
-            size,
-            committed,
-            file,
-            ..
+            size, committed, ..
         }) = &mut i.node
         {
-            match end {
-                Some(end) => *size = (*size).max(end),
-                None => {
-                    if let Some(f) = file {
-                        *size = f
-                            .metadata()
-                            .map_err(|e| Error::io("stat own copy", e))?
-                            .len();
-                    }
-                }
+            if let Some(end) = end {
+                *size = (*size).max(end);
+            }
+            if let Some(exact) = exact {
+                *size = exact;
             }
             *committed = None;
         }
