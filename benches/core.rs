@@ -31,7 +31,10 @@ impl Rng {
     }
     /// Text-like bytes (compressible like source code).
     fn text(&mut self, n: usize) -> Vec<u8> {
-        const WORDS: &[&str] = &["fn ", "let ", "self", ".", "(", ")", " {\n", "}\n", "x", "42", " = ", "return", "\n    "];
+        const WORDS: &[&str] = &[
+            "fn ", "let ", "self", ".", "(", ")", " {\n", "}\n", "x", "42", " = ", "return",
+            "\n    ",
+        ];
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
             v.extend_from_slice(WORDS[(self.next() % WORDS.len() as u64) as usize].as_bytes());
@@ -50,7 +53,13 @@ fn make_tree(root: &Path, files: usize, size: usize, rng: &mut Rng) -> Vec<Strin
     let mut paths = Vec::with_capacity(files);
     for i in 0..files {
         let leaf = i / 100;
-        let rel = format!("d{}/d{}/d{}/f{}.rs", leaf / 100, (leaf / 10) % 10, leaf % 10, i % 100);
+        let rel = format!(
+            "d{}/d{}/d{}/f{}.rs",
+            leaf / 100,
+            (leaf / 10) % 10,
+            leaf % 10,
+            i % 100
+        );
         let p = root.join(&rel);
         if i % 100 == 0 {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -76,7 +85,12 @@ fn fixture(files: usize) -> Fixture {
     let paths = make_tree(&src, files, 2048, &mut rng);
     let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open"));
     let base = repo.import(&src, None).expect("import");
-    Fixture { _dir: dir, repo, base, paths }
+    Fixture {
+        _dir: dir,
+        repo,
+        base,
+        paths,
+    }
 }
 
 fn change(ws: &Workspace, paths: &[String], k: usize, rng: &mut Rng) {
@@ -91,7 +105,10 @@ fn snapshot_benches(c: &mut Criterion) {
     let fx = fixture(100_000);
     let mut g = c.benchmark_group("snapshot_100k_tree");
     for k in [1usize, 10, 100] {
-        let ws = fx.repo.create_workspace(Some(fx.base.id), false, Default::default()).expect("fork");
+        let ws = fx
+            .repo
+            .create_workspace(Some(fx.base.id), false, Default::default())
+            .expect("fork");
         let mut rng = Rng(k as u64 + 1);
         g.bench_function(format!("{k}_changed_files"), |b| {
             b.iter_batched(
@@ -105,9 +122,18 @@ fn snapshot_benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("vst_100k_tree");
     g.bench_function("fork", |b| {
-        b.iter(|| black_box(fx.repo.create_workspace(Some(fx.base.id), false, Default::default()).expect("fork")))
+        b.iter(|| {
+            black_box(
+                fx.repo
+                    .create_workspace(Some(fx.base.id), false, Default::default())
+                    .expect("fork"),
+            )
+        })
     });
-    let ws = fx.repo.create_workspace(Some(fx.base.id), false, Default::default()).expect("fork");
+    let ws = fx
+        .repo
+        .create_workspace(Some(fx.base.id), false, Default::default())
+        .expect("fork");
     let mut rng = Rng(7);
     change(&ws, &fx.paths, 10, &mut rng);
     let s1 = ws.snapshot(None, Default::default()).expect("snap");
@@ -118,7 +144,8 @@ fn snapshot_benches(c: &mut Criterion) {
     g.bench_function("checkout", |b| {
         b.iter(|| {
             flip = !flip;
-            ws.checkout(if flip { s1.id } else { s2.id }, false).expect("checkout")
+            ws.checkout(if flip { s1.id } else { s2.id }, false)
+                .expect("checkout")
         })
     });
     g.bench_function("diff_siblings_10_changes_each", |b| {
@@ -142,14 +169,17 @@ fn store_benches(c: &mut Criterion) {
                 data[..8].copy_from_slice(&n.to_le_bytes());
                 let mut w = store.writer();
                 let h = w.put(&data).expect("put");
-                w.commit_with(Batch::new(), helios_snapshot::store::Durability::Buffered).expect("commit");
+                w.commit_with(Batch::new(), helios_snapshot::store::Durability::Buffered)
+                    .expect("commit");
                 h
             })
         });
         let mut w = store.writer();
         let h = w.put(&data).expect("put");
         w.commit(Batch::new()).expect("commit");
-        g.bench_function(format!("get_cached_{name}"), |b| b.iter(|| black_box(store.get(&h).expect("get"))));
+        g.bench_function(format!("get_cached_{name}"), |b| {
+            b.iter(|| black_box(store.get(&h).expect("get")))
+        });
         g.bench_function(format!("get_verified_from_db_{name}"), |b| {
             b.iter(|| black_box(store.get_uncached(&h).expect("get")))
         });
@@ -188,7 +218,10 @@ fn import_benches(c: &mut Criterion) {
 fn space_report(_: &mut Criterion) {
     let fx = fixture(10_000);
     let one_copy = fx.repo.stats().expect("stats").stored_bytes;
-    let ws = fx.repo.create_workspace(Some(fx.base.id), false, Default::default()).expect("fork");
+    let ws = fx
+        .repo
+        .create_workspace(Some(fx.base.id), false, Default::default())
+        .expect("fork");
     let mut rng = Rng(11);
     for _ in 0..100 {
         for _ in 0..100 {
@@ -196,7 +229,8 @@ fn space_report(_: &mut Criterion) {
             let p = &fx.paths[rng.next() as usize % fx.paths.len()];
             let ino = ws.resolve(p).expect("resolve");
             let size = ws.getattr(ino).expect("stat").size;
-            ws.write(ino, rng.next() % size.max(1), &rng.text(40)).expect("write");
+            ws.write(ino, rng.next() % size.max(1), &rng.text(40))
+                .expect("write");
         }
         ws.snapshot(None, Default::default()).expect("snapshot");
     }
@@ -209,5 +243,11 @@ fn space_report(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, snapshot_benches, store_benches, import_benches, space_report);
+criterion_group!(
+    benches,
+    snapshot_benches,
+    store_benches,
+    import_benches,
+    space_report
+);
 criterion_main!(benches);

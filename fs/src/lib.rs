@@ -1,1 +1,30 @@
-//! helios engines.
+//! helios-fs: the engines that serve a helios workspace to the kernel. `fuse` (fuser,
+//! multi-threaded, kernel caching with explicit invalidation, FUSE passthrough where the
+//! kernel allows it). No async runtime, no wire types.
+
+mod errno;
+mod fuse;
+mod mount;
+
+pub use mount::{Engine, Mount, MountOptions};
+
+/// Errors of the engines.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The workspace core refused or failed.
+    #[error(transparent)]
+    Core(#[from] helios_snapshot::Error),
+    /// Mounting or unmounting failed.
+    #[error("{context}: {source}")]
+    Mount {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,5 +24,6 @@ pub use name::{NAME_MAX, Name};
 pub use repo::{DEFAULT_CACHE_BYTES, Repo, Stats};
 pub use snapshot::{Metrics, Snapshot};
 pub use workspace::{
-    DirEntry, Kind, RenameMode, SetAttr, SetTime, Stat, Workspace, WorkspaceRecord, XattrMode,
+    DirEntry, Invalidation, Kind, RenameMode, SetAttr, SetTime, Stat, Workspace, WorkspaceRecord,
+    XATTR_VALUE_MAX, XattrMode,
 };

@@ -136,6 +136,15 @@ pub enum XattrMode {
     Replace,
 }
 
+/// What the kernel may have cached that a checkout made stale.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    /// Directory entries (parent, name) the kernel has looked up.
+    pub entries: Vec<(Ino, Name)>,
+    /// Inodes the kernel knows (attributes, page cache).
+    pub inodes: Vec<Ino>,
+}
+
 /// The persisted state of a workspace (`workspaces` column family).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkspaceRecord {
@@ -200,6 +209,8 @@ struct Inode {
     atime: Nanos,
     ctime: Nanos,
     parents: Vec<Ino>,
+    /// A directory's name in its parent, to find its path again after a checkout.
+    name: Option<Name>,
     nlookup: u64,
     open: u32,
     generation: u64,
@@ -243,7 +254,8 @@ impl std::fmt::Debug for Workspace {
     }
 }
 
-fn dir_inode(tref: TreeRef, parent: Option<Ino>, generation: u64) -> Inode {
+fn dir_inode(tref: TreeRef, parent: Option<(Ino, Name)>, generation: u64) -> Inode {
+    let (parent, name) = parent.unzip();
     Inode {
         node: Node::Dir {
             state: DirState::Unloaded(tref),
@@ -253,6 +265,7 @@ fn dir_inode(tref: TreeRef, parent: Option<Ino>, generation: u64) -> Inode {
         atime: 0,
         ctime: 0,
         parents: parent.into_iter().collect(),
+        name,
         nlookup: 0,
         open: 0,
         generation,
@@ -377,7 +390,7 @@ impl Workspace {
         let mut st = self.state.lock();
         let ino = st.lookup(&self.shared, parent, name)?;
         st.inode_mut(ino)?.nlookup += 1;
-        st.stat(&self.shared, ino)
+        self.stat(&mut st, ino)
     }
 
     /// Drops `n` kernel lookups of `ino`; an unlinked inode nobody knows is freed.
@@ -393,7 +406,7 @@ impl Workspace {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> Result<Stat> {
         let mut st = self.state.lock();
-        st.stat(&self.shared, ino)
+        self.stat(&mut st, ino)
     }
 
     /// Changes attributes; a size change truncates or extends the file.
@@ -444,8 +457,29 @@ impl Workspace {
             };
         }
         i.ctime = t;
+        let mtime = i.attrs.mtime;
         st.touch(ino);
-        st.stat(&self.shared, ino)
+        if let Some(id) = st.owned_id(ino) {
+            // The own copy's mtime is what stat reports: keep it equal to the one set.
+            set_file_mtime(&self.data_path(id), mtime)?;
+        }
+        self.stat(&mut st, ino)
+    }
+
+    /// Attributes, with size and mtime of a file's own copy read from the copy itself:
+    /// writes through passthrough file descriptors reach it without passing here.
+    fn stat(&self, st: &mut State, ino: Ino) -> Result<Stat> {
+        let mut s = st.stat(&self.shared, ino)?;
+        if let Some(id) = st.owned_id(ino) {
+            let path = self.data_path(id);
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+            let mtime = file_mtime(&meta);
+            s.size = meta.len();
+            s.mtime = mtime;
+            st.sync_owned(ino, meta.len(), mtime);
+        }
+        Ok(s)
     }
 
     /// The entries of a directory, in name order.
@@ -497,7 +531,7 @@ impl Workspace {
             st.note_written(ino, Some(0), None)?;
         }
         st.inode_mut(ino)?.nlookup += 1;
-        st.stat(&self.shared, ino)
+        self.stat(&mut st, ino)
     }
 
     /// Creates a directory.
@@ -515,7 +549,7 @@ impl Workspace {
         };
         let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
         st.inode_mut(ino)?.nlookup += 1;
-        st.stat(&self.shared, ino)
+        self.stat(&mut st, ino)
     }
 
     /// Creates a symbolic link.
@@ -545,7 +579,7 @@ impl Workspace {
             gid,
         )?;
         st.inode_mut(ino)?.nlookup += 1;
-        st.stat(&self.shared, ino)
+        self.stat(&mut st, ino)
     }
 
     /// The target of a symbolic link.
@@ -580,7 +614,7 @@ impl Workspace {
         i.ctime = t;
         i.nlookup += 1;
         st.touch_entries(parent, t);
-        st.stat(&self.shared, ino)
+        self.stat(&mut st, ino)
     }
 
     /// Removes a non-directory entry.
@@ -644,8 +678,8 @@ impl Workspace {
                 }
                 st.entries_mut(parent)?.insert(name.clone(), dst);
                 st.entries_mut(new_parent)?.insert(new_name.clone(), src);
-                st.relink(src, parent, new_parent)?;
-                st.relink(dst, new_parent, parent)?;
+                st.relink(src, parent, new_parent, new_name)?;
+                st.relink(dst, new_parent, parent, name)?;
                 st.inode_mut(src)?.ctime = t;
                 st.inode_mut(dst)?.ctime = t;
                 st.touch_entries(parent, t);
@@ -682,7 +716,7 @@ impl Workspace {
             st.adjust_subdirs(parent, -1);
             st.adjust_subdirs(new_parent, 1);
         }
-        st.relink(src, parent, new_parent)?;
+        st.relink(src, parent, new_parent, new_name)?;
         st.inode_mut(src)?.ctime = t;
         st.touch_entries(parent, t);
         if new_parent != parent {
@@ -776,6 +810,13 @@ impl Workspace {
         }
     }
 
+    /// Tells the workspace that an engine wrote its own copy of `ino` (obtained from
+    /// `backing_file`) up to byte `end`.
+    pub fn wrote(&self, ino: Ino, end: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        st.note_written(ino, Some(end), None)
+    }
+
     /// Tells the workspace that its own copy of `ino` was written through a file
     /// descriptor (by an engine); refreshes the size and marks the file changed.
     pub fn note_write(&self, ino: Ino) -> Result<()> {
@@ -790,6 +831,12 @@ impl Workspace {
             _ => return Ok(()),
         };
         st.note_written(ino, None, Some(size))
+    }
+
+    /// The directory that names `ino` (its first name, for files with several).
+    pub fn parent(&self, ino: Ino) -> Option<Ino> {
+        let st = self.state.lock();
+        st.inodes.get(&ino).and_then(|i| i.parents.first().copied())
     }
 
     /// Counts an open file handle, which keeps an unlinked inode alive.
@@ -951,7 +998,7 @@ impl Workspace {
     /// Switches to snapshot `id` in place. Refuses with `Dirty` when there are
     /// uncommitted changes, unless `discard`. O(1) in tree size: directories load lazily,
     /// and unchanged paths keep their inode numbers.
-    pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {
+    pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<Invalidation> {
         let snap = snapshot::load(self.shared.store.backend().as_ref(), id)?;
         let mut st = self.state.lock();
         if st.is_dirty() && !discard {
@@ -964,6 +1011,7 @@ impl Workspace {
             (st.base, st.base_root) = old;
             return Err(e);
         }
+        let invalidation = st.known_entries();
         st.generation += 1;
         let generation = st.generation;
         let tref = TreeRef {
@@ -979,7 +1027,7 @@ impl Workspace {
                 *prev = Some(entries);
             }
         }
-        Ok(())
+        Ok(invalidation)
     }
 
     /// Persists uncommitted changes (as a tree in the store) so that they survive closing
@@ -1051,6 +1099,10 @@ impl Workspace {
             tree::write_content(&self.shared.store, &content, &mut out)?;
             out.flush().map_err(|e| Error::io("copy up", e))?;
             drop(out);
+            // A copy-up changes nothing the caller can see, the mtime included.
+            let mtime = st.inode(ino)?.attrs.mtime;
+            f.set_modified(time_of(mtime))
+                .map_err(|e| Error::io("copy up", e))?;
             content.size
         };
         let file = Arc::new(f);
@@ -1116,7 +1168,98 @@ fn read_content(shared: &Shared, content: &Content, offset: u64, len: u32) -> Re
     Ok(out)
 }
 
+fn file_mtime(meta: &std::fs::Metadata) -> Nanos {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+fn time_of(ns: Nanos) -> std::time::SystemTime {
+    let epoch = std::time::UNIX_EPOCH;
+    if ns >= 0 {
+        epoch + std::time::Duration::from_nanos(ns as u64)
+    } else {
+        epoch - std::time::Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn set_file_mtime(path: &Path, mtime: Nanos) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    f.set_modified(time_of(mtime))
+        .map_err(|e| Error::io(format!("set mtime of {}", path.display()), e))
+}
+
 impl State {
+    /// The own-copy id of a file that has one.
+    fn owned_id(&self, ino: Ino) -> Option<u64> {
+        match self.inodes.get(&ino).map(|i| &i.node) {
+            Some(Node::File(FileData::Owned { id, .. })) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Records what the own copy holds; a difference means it was written behind our
+    /// back (passthrough), so the file counts as changed.
+    fn sync_owned(&mut self, ino: Ino, real_size: u64, real_mtime: Nanos) {
+        let Some(i) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        let changed = match &mut i.node {
+            Node::File(FileData::Owned {
+                size, committed, ..
+            }) => {
+                let changed = *size != real_size || i.attrs.mtime != real_mtime;
+                if changed {
+                    *size = real_size;
+                    *committed = None;
+                }
+                changed
+            }
+            _ => false,
+        };
+        if changed {
+            i.attrs.mtime = real_mtime;
+            self.touch(ino);
+        }
+    }
+
+    /// Every (directory, name) and inode the kernel may have cached: what an engine must
+    /// invalidate when the tree under it changes. O(loaded directories).
+    fn known_entries(&self) -> Invalidation {
+        let mut inv = Invalidation::default();
+        let mut stack = vec![Ino::ROOT];
+        inv.inodes.push(Ino::ROOT);
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = self.entries(dir) else {
+                continue;
+            };
+            for (name, &child) in entries {
+                let Some(i) = self.inodes.get(&child) else {
+                    continue;
+                };
+                if i.nlookup > 0 {
+                    inv.entries.push((dir, name.clone()));
+                    inv.inodes.push(child);
+                }
+                if matches!(
+                    i.node,
+                    Node::Dir {
+                        state: DirState::Loaded { .. },
+                        ..
+                    }
+                ) {
+                    stack.push(child);
+                }
+            }
+        }
+        // Children before their parents: once a directory's dentry is invalidated, the
+        // kernel can no longer find its children's dentries to invalidate them.
+        inv.entries.reverse();
+        inv
+    }
+
     fn inode(&self, ino: Ino) -> Result<&Inode> {
         self.inodes
             .get(&ino)
@@ -1182,6 +1325,12 @@ impl State {
     /// Loads a directory's node from the store, creating (or, after a checkout, reusing)
     /// inodes for its entries.
     fn ensure_loaded(&mut self, shared: &Shared, ino: Ino) -> Result<()> {
+        if ino != Ino::ROOT {
+            let i = self.inode(ino)?;
+            if i.generation < self.generation && matches!(i.node, Node::Dir { .. }) {
+                self.revalidate(shared, ino)?;
+            }
+        }
         let (tref, prev) = match &mut self.inode_mut(ino)?.node {
             Node::Dir {
                 state: DirState::Unloaded(t),
@@ -1210,7 +1359,7 @@ impl State {
                     old
                 }
                 None => {
-                    let inode = inode_from_entry(kind, ino, generation);
+                    let inode = inode_from_entry(kind, ino, &name, generation);
                     self.alloc(inode)
                 }
             };
@@ -1235,13 +1384,65 @@ impl State {
         Ok(())
     }
 
+    /// A directory from before a checkout, reached without walking from the root (a
+    /// process's working directory): find its path in the new tree, which re-points it if
+    /// the path is still a directory there; otherwise it becomes an empty, removed one.
+    fn revalidate(&mut self, shared: &Shared, ino: Ino) -> Result<()> {
+        let mut names = Vec::new();
+        let mut cur = ino;
+        let mut found = true;
+        while cur != Ino::ROOT {
+            let i = self.inode(cur)?;
+            match (i.parents.first(), &i.name) {
+                (Some(&p), Some(n)) if names.len() < 4096 => {
+                    names.push(n.clone());
+                    cur = p;
+                }
+                _ => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        let mut at = Ino::ROOT;
+        if found {
+            for n in names.iter().rev() {
+                match self.lookup(shared, at, n) {
+                    Ok(child) => at = child,
+                    Err(_) => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !found || at != ino {
+            let generation = self.generation;
+            let i = self.inode_mut(ino)?;
+            i.generation = generation;
+            i.parents.clear();
+            i.node = Node::Dir {
+                state: DirState::Loaded {
+                    entries: BTreeMap::new(),
+                    clean: None,
+                    base: None,
+                    subdirs: 0,
+                },
+                prev: None,
+            };
+        }
+        Ok(())
+    }
+
     /// Whether inode `old` (from before a checkout) can stand for `entry` now: the same
     /// directory path, or an identical file not already claimed in this generation.
     fn reusable(&self, old: Ino, entry: &EntryKind) -> bool {
         let Some(i) = self.inodes.get(&old) else {
             return false;
         };
-        if i.generation == self.generation {
+        if i.generation == self.generation || (i.open > 0 && i.kind() == Kind::File) {
+            // Claimed already in this generation, or open: an open file keeps what it
+            // opened, as if the path had been replaced by a rename.
             return false;
         }
         match (&i.node, entry) {
@@ -1438,10 +1639,13 @@ impl State {
         }
     }
 
-    fn relink(&mut self, ino: Ino, from: Ino, to: Ino) -> Result<()> {
+    fn relink(&mut self, ino: Ino, from: Ino, to: Ino, new_name: &Name) -> Result<()> {
         let i = self.inode_mut(ino)?;
         if let Some(p) = i.parents.iter().position(|&p| p == from) {
             i.parents[p] = to;
+        }
+        if i.name.is_some() {
+            i.name = Some(new_name.clone());
         }
         // The moved entry's encoding changes in both directories.
         self.touch(ino);
@@ -1493,6 +1697,7 @@ impl State {
             atime: t,
             ctime: t,
             parents: vec![parent],
+            name: is_dir.then(|| name.clone()),
             nlookup: 0,
             open: 0,
             generation,
@@ -1648,7 +1853,11 @@ impl State {
         };
         let path = ws.data_path(id);
         let f = File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        self.inode_mut(ino)?.attrs.mtime = file_mtime(&meta);
+        let content = tree::store_file(w, std::io::BufReader::with_capacity(64 << 10, f))?;
         if let Node::File(FileData::Owned {
             committed, size, ..
         }) = &mut self.inode_mut(ino)?.node
@@ -1740,10 +1949,11 @@ fn same_content(a: &EntryKind, b: &EntryKind) -> bool {
     strip(a) == strip(b)
 }
 
-fn inode_from_entry(kind: EntryKind, parent: Ino, generation: u64) -> Inode {
+fn inode_from_entry(kind: EntryKind, parent: Ino, name: &Name, generation: u64) -> Inode {
     let (node, attrs) = match kind {
         EntryKind::Dir { node, fp, bytes } => {
-            return dir_inode(TreeRef { node, fp, bytes }, Some(parent), generation);
+            let tref = TreeRef { node, fp, bytes };
+            return dir_inode(tref, Some((parent, name.clone())), generation);
         }
         EntryKind::File { attrs, content } => (Node::File(FileData::Clean(content)), attrs),
         EntryKind::Symlink { attrs, target } => (Node::Symlink(target), attrs),
@@ -1755,6 +1965,7 @@ fn inode_from_entry(kind: EntryKind, parent: Ino, generation: u64) -> Inode {
         ctime: attrs.mtime,
         attrs,
         parents: vec![parent],
+        name: None,
         nlookup: 0,
         open: 0,
         generation,

@@ -1,0 +1,1026 @@
+//! The FUSE filesystem: each callback converts its arguments, calls the workspace once
+//! and replies. File data goes through real files (the workspace's own copies and the
+//! shared materialized-file cache), handed to the kernel by FUSE passthrough when it is
+//! available, so reads and writes need no round trip to this process.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use helios_snapshot::{Ino, Kind, Name, RenameMode, SetAttr, SetTime, Stat, Workspace, XattrMode};
+use parking_lot::Mutex;
+
+use crate::errno::{errno, io_errno};
+
+/// How long the kernel may cache entries and attributes. Every change goes through this
+/// mount, and a checkout invalidates explicitly, so the cache can be long-lived.
+pub(crate) const TTL: Duration = Duration::from_secs(3600);
+
+/// A directory listing: inode, type and name of each entry, `.` and `..` first.
+type Listing = Arc<Vec<(Ino, FileType, OsString)>>;
+
+/// An open file or directory.
+enum Handle {
+    File {
+        ino: Ino,
+        file: Arc<File>,
+        write: bool,
+        /// Keeps the kernel's passthrough registration alive until release.
+        _backing: Option<Arc<BackingId>>,
+    },
+    Dir {
+        /// Entries as of opendir (or the last rewind): offsets stay valid while the
+        /// directory changes, as POSIX allows.
+        entries: Listing,
+    },
+}
+
+/// The passthrough registration of an inode, shared by its open handles.
+struct Backing {
+    id: std::sync::Weak<BackingId>,
+    write: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ws: Arc<Workspace>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    backings: Mutex<HashMap<Ino, Backing>>,
+    next_fh: AtomicU64,
+    pub(crate) passthrough: AtomicBool,
+    want_passthrough: bool,
+    state_dir: std::path::PathBuf,
+}
+
+impl Inner {
+    pub(crate) fn new(ws: Arc<Workspace>, want_passthrough: bool) -> Inner {
+        let state_dir = ws.state_dir().to_path_buf();
+        Inner {
+            ws,
+            handles: Mutex::new(HashMap::new()),
+            backings: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+            want_passthrough,
+            state_dir,
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.handles.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Inodes with a handle open for writing: their own copies may hold writes the
+    /// workspace has not been told about (passthrough writes bypass this process).
+    pub(crate) fn writable_inodes(&self) -> Vec<Ino> {
+        let mut v: Vec<Ino> = self
+            .handles
+            .lock()
+            .values()
+            .filter_map(|h| match &**h {
+                Handle::File {
+                    ino, write: true, ..
+                } => Some(*ino),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Syncs every file open for writing so a snapshot reads what callers wrote.
+    pub(crate) fn flush_writers(&self) -> helios_snapshot::Result<()> {
+        let files: Vec<(Ino, Arc<File>)> = self
+            .handles
+            .lock()
+            .values()
+            .filter_map(|h| match &**h {
+                Handle::File {
+                    ino,
+                    file,
+                    write: true,
+                    ..
+                } => Some((*ino, file.clone())),
+                _ => None,
+            })
+            .collect();
+        for (ino, _) in &files {
+            self.ws.note_write(*ino)?;
+        }
+        Ok(())
+    }
+
+    /// Opens `ino`, registering a passthrough backing where possible.
+    fn open_file(
+        &self,
+        ino: Ino,
+        flags: OpenFlags,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Result<(u64, Option<Arc<BackingId>>, FopenFlags), Errno> {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let truncate = write && flags.0 & libc::O_TRUNC != 0;
+        let (file, _own) = self
+            .ws
+            .backing_file(ino, write, truncate)
+            .map_err(|e| errno("open", &e))?;
+        if write {
+            // Passthrough writes are invisible here; count the file as changed now.
+            self.ws.note_write(ino).map_err(|e| errno("open", &e))?;
+        }
+        self.ws.open(ino).map_err(|e| errno("open", &e))?;
+        let mut fopen = FopenFlags::empty();
+        let mut backing = None;
+        if self.passthrough.load(Ordering::Relaxed) {
+            let mut backings = self.backings.lock();
+            match backings
+                .get(&ino)
+                .and_then(|b| b.id.upgrade().map(|id| (id, b.write)))
+            {
+                Some((id, bwrite)) if bwrite || !write => backing = Some(id),
+                Some(_) => {
+                    // The inode is passed through to a read-only file; this writer is
+                    // served here instead, bypassing the page cache so it stays coherent.
+                    fopen |= FopenFlags::FOPEN_DIRECT_IO;
+                }
+                None => match register(&file) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        backings.insert(
+                            ino,
+                            Backing {
+                                id: Arc::downgrade(&id),
+                                write,
+                            },
+                        );
+                        backing = Some(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "FUSE passthrough refused; serving data in userspace");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                },
+            }
+        }
+        let fh = self.add_handle(Handle::File {
+            ino,
+            file,
+            write,
+            _backing: backing.clone(),
+        });
+        Ok((fh, backing, fopen))
+    }
+
+    fn release_handle(&self, fh: FileHandle) {
+        let h = self.handles.lock().remove(&fh.0);
+        if let Some(h) = h
+            && let Handle::File { ino, .. } = &*h
+        {
+            let ino = *ino;
+            drop(h);
+            let mut backings = self.backings.lock();
+            if backings.get(&ino).is_some_and(|b| b.id.strong_count() == 0) {
+                backings.remove(&ino);
+            }
+            drop(backings);
+            self.ws.release(ino);
+        }
+    }
+}
+
+/// The fuser filesystem; the state lives in `Inner`, shared with the `Mount`.
+pub(crate) struct HeliosFs(pub(crate) Arc<Inner>);
+
+fn ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
+
+fn name(n: &OsStr) -> Result<Name, Errno> {
+    Name::new(n.as_bytes()).map_err(|e| errno("name", &e))
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => SetTime::At(nanos(t)),
+        TimeOrNow::Now => SetTime::Now,
+    }
+}
+
+pub(crate) fn attr(s: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(s.ino.0),
+        size: s.size,
+        blocks: s.size.div_ceil(512),
+        atime: time(s.atime),
+        mtime: time(s.mtime),
+        ctime: time(s.ctime),
+        crtime: time(s.ctime),
+        kind: file_type(s.kind),
+        perm: (s.mode & 0o7777) as u16,
+        nlink: s.nlink,
+        uid: s.uid,
+        gid: s.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+const GEN: Generation = Generation(0);
+
+impl Filesystem for HeliosFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let caps = config.capabilities();
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | InitFlags::FUSE_EXPORT_SUPPORT;
+        let _ = config.add_capabilities(wanted & caps);
+        if self.0.want_passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH) {
+            // Depth 0 (the default) makes the kernel refuse every backing file.
+            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok()
+            {
+                self.0.passthrough.store(true, Ordering::Relaxed);
+            }
+        }
+        let _ = config.set_max_write(1 << 20);
+        tracing::debug!(
+            passthrough = self.0.passthrough.load(Ordering::Relaxed),
+            "FUSE session initialized"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let result = name(n).and_then(|n| {
+            self.0
+                .ws
+                .lookup(ino(parent), &n)
+                .map_err(|e| errno("lookup", &e))
+        });
+        match result {
+            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
+        self.0.ws.forget(ino(i), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.0.ws.getattr(ino(i)) {
+            Ok(s) => reply.attr(&TTL, &attr(&s)),
+            Err(e) => reply.error(errno("getattr", &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        match self.0.ws.setattr(ino(i), set) {
+            Ok(s) => reply.attr(&TTL, &attr(&s)),
+            Err(e) => reply.error(errno("setattr", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        match self.0.ws.readlink(ino(i)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno("readlink", &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFIFO => Kind::Fifo,
+            _ => return reply.error(Errno::EPERM),
+        };
+        let result = name(n).and_then(|n| {
+            self.0
+                .ws
+                .create(ino(parent), &n, kind, mode & !umask, req.uid(), req.gid())
+                .map_err(|e| errno("mknod", &e))
+        });
+        match result {
+            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = name(n).and_then(|n| {
+            self.0
+                .ws
+                .mkdir(ino(parent), &n, mode & !umask, req.uid(), req.gid())
+                .map_err(|e| errno("mkdir", &e))
+        });
+        match result {
+            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        match name(n).and_then(|n| {
+            self.0
+                .ws
+                .unlink(ino(parent), &n)
+                .map_err(|e| errno("unlink", &e))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        match name(n).and_then(|n| {
+            self.0
+                .ws
+                .rmdir(ino(parent), &n)
+                .map_err(|e| errno("rmdir", &e))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = name(link).and_then(|n| {
+            self.0
+                .ws
+                .symlink(
+                    ino(parent),
+                    &n,
+                    target.as_os_str().as_bytes(),
+                    req.uid(),
+                    req.gid(),
+                )
+                .map_err(|e| errno("symlink", &e))
+        });
+        match result {
+            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        let result = name(n).and_then(|a| {
+            let b = name(newname)?;
+            self.0
+                .ws
+                .rename(ino(parent), &a, ino(newparent), &b, mode)
+                .map_err(|e| errno("rename", &e))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = name(newname).and_then(|n| {
+            self.0
+                .ws
+                .link(ino(i), ino(newparent), &n)
+                .map_err(|e| match e {
+                    helios_snapshot::Error::InvalidArgument(_) => Errno::EPERM,
+                    e => errno("link", &e),
+                })
+        });
+        match result {
+            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self
+            .0
+            .open_file(ino(i), flags, |f| reply.open_backing(f.as_fd()))
+        {
+            Ok((fh, Some(backing), fopen)) => {
+                reply.opened_passthrough(FileHandle(fh), fopen, &backing)
+            }
+            Ok((fh, None, fopen)) => reply.opened(FileHandle(fh), fopen),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let h = match self.0.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::File { file, .. } = &*h else {
+            return reply.error(Errno::EISDIR);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(io_errno("read", &e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let h = match self.0.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::File {
+            file, write: true, ..
+        } = &*h
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        if let Err(e) = file.write_all_at(data, offset) {
+            return reply.error(io_errno("write", &e));
+        }
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Ok(s) = self.0.ws.getattr(ino(i))
+            && s.mode & 0o6000 != 0
+        {
+            let _ = self.0.ws.setattr(
+                ino(i),
+                SetAttr {
+                    mode: Some(s.mode & !0o6000),
+                    ..Default::default()
+                },
+            );
+        }
+        match self.0.ws.wrote(ino(i), offset + data.len() as u64) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno("write", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) waits for flush (release comes later, asynchronously): a writer's
+        // changes are counted before its close returns, so a snapshot taken after the
+        // close sees them and a late release cannot dirty a later snapshot.
+        if let Ok(h) = self.0.handle(fh)
+            && let Handle::File {
+                ino, write: true, ..
+            } = &*h
+            && let Err(e) = self.0.ws.note_write(*ino)
+        {
+            return reply.error(errno("flush", &e));
+        }
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.release_handle(fh);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = match self.0.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::File { file, .. } = &*h else {
+            return reply.ok();
+        };
+        let r = if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno("fsync", &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir_entries(ino(i)) {
+            Ok(entries) => {
+                let fh = self.0.add_handle(Handle::Dir { entries });
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.entries_for(i, fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (idx, (child, kind, n)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child.0), idx as u64 + 1, *kind, n) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.entries_for(i, fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (idx, (child, _, n)) in entries.iter().enumerate().skip(offset as usize) {
+            let st = if idx < 2 {
+                self.0.ws.getattr(*child)
+            } else {
+                // Each entry returned counts as a lookup (the kernel will forget it).
+                match Name::new(n.as_bytes()) {
+                    Ok(n) => self.0.ws.lookup(ino(i), &n),
+                    Err(e) => Err(e),
+                }
+            };
+            let Ok(st) = st else { continue };
+            if reply.add(INodeNo(st.ino.0), idx as u64 + 1, n, &TTL, &attr(&st), GEN) {
+                if idx >= 2 {
+                    self.0.ws.forget(st.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.handles.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        let dir = if self.0.state_dir.exists() {
+            self.0.state_dir.clone()
+        } else {
+            self.0
+                .state_dir
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        match nix::sys::statvfs::statvfs(&dir) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.fragment_size() as u32,
+                255,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Set,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if value.len() > helios_snapshot::XATTR_VALUE_MAX {
+            return reply.error(Errno::E2BIG);
+        }
+        match self.0.ws.setxattr(ino(i), n.as_bytes(), value, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", &e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, i: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.0.ws.getxattr(ino(i), n.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno("getxattr", &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.0.ws.listxattr(ino(i)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::ERANGE)
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(errno("listxattr", &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, i: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        match self.0.ws.removexattr(ino(i), n.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", &e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions); this only says
+        // whether the inode exists.
+        match self.0.ws.getattr(ino(i)) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno("access", &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let n = match name(n) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let st = match self.0.ws.create(
+            ino(parent),
+            &n,
+            Kind::File,
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return reply.error(errno("create", &e)),
+        };
+        // A new file is empty: open it for writing without truncating anything.
+        let flags = OpenFlags((flags & !libc::O_TRUNC & !libc::O_ACCMODE) | libc::O_RDWR);
+        match self
+            .0
+            .open_file(st.ino, flags, |f| reply.open_backing(f.as_fd()))
+        {
+            Ok((fh, Some(backing), fopen)) => {
+                reply.created_passthrough(&TTL, &attr(&st), GEN, FileHandle(fh), fopen, &backing)
+            }
+            Ok((fh, None, fopen)) => reply.created(&TTL, &attr(&st), GEN, FileHandle(fh), fopen),
+            Err(e) => {
+                self.0.ws.forget(st.ino, 1);
+                reply.error(e)
+            }
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let h = match self.0.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::File {
+            file, write: true, ..
+        } = &*h
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
+        if let Err(e) = nix::fcntl::fallocate(file.as_fd(), flags, offset as i64, length as i64) {
+            return reply.error(Errno::from_i32(e as i32));
+        }
+        match self.0.ws.note_write(ino(i)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", &e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let h = match self.0.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::File { file, .. } = &*h else {
+            return reply.error(Errno::EINVAL);
+        };
+        let whence = match whence {
+            libc::SEEK_SET => nix::unistd::Whence::SeekSet,
+            libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
+            libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+            libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+            libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match nix::unistd::lseek(file.as_fd(), offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (hin, hout) = match (self.0.handle(fh_in), self.0.handle(fh_out)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let (
+            Handle::File { file: fin, .. },
+            Handle::File {
+                file: fout,
+                write: true,
+                ..
+            },
+        ) = (&*hin, &*hout)
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut off_in = offset_in as i64;
+        let mut off_out = offset_out as i64;
+        let n = match nix::fcntl::copy_file_range(
+            fin.as_fd(),
+            Some(&mut off_in),
+            fout.as_fd(),
+            Some(&mut off_out),
+            len as usize,
+        ) {
+            Ok(n) => n,
+            Err(e) => return reply.error(Errno::from_i32(e as i32)),
+        };
+        match self.0.ws.wrote(ino(ino_out), offset_out + n as u64) {
+            Ok(()) => reply.written(n as u32),
+            Err(e) => reply.error(errno("copy_file_range", &e)),
+        }
+    }
+}
+
+impl HeliosFs {
+    fn dir_entries(&self, dir: Ino) -> Result<Listing, Errno> {
+        let list = self.0.ws.readdir(dir).map_err(|e| errno("readdir", &e))?;
+        let parent = self.0.ws.parent(dir).unwrap_or(dir);
+        let mut v = Vec::with_capacity(list.len() + 2);
+        v.push((dir, FileType::Directory, OsString::from(".")));
+        v.push((parent, FileType::Directory, OsString::from("..")));
+        v.extend(
+            list.into_iter()
+                .map(|e| (e.ino, file_type(e.kind), e.name.as_os_str().to_os_string())),
+        );
+        Ok(Arc::new(v))
+    }
+
+    /// The listing of a directory handle; offset 0 (a rewind) takes a fresh listing.
+    fn entries_for(&self, i: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing, Errno> {
+        if offset == 0 {
+            let fresh = self.dir_entries(ino(i))?;
+            if let Some(h) = self.0.handles.lock().get_mut(&fh.0) {
+                *h = Arc::new(Handle::Dir {
+                    entries: fresh.clone(),
+                });
+            }
+            return Ok(fresh);
+        }
+        match &*self.0.handle(fh)? {
+            Handle::Dir { entries } => Ok(entries.clone()),
+            Handle::File { .. } => Err(Errno::ENOTDIR),
+        }
+    }
+}

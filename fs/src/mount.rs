@@ -1,0 +1,189 @@
+//! A mounted workspace: the FUSE session serving it, and the operations that must
+//! coordinate with the kernel (snapshot flushes writers first; checkout invalidates what
+//! the kernel cached).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, SessionACL};
+use helios_snapshot::{Snapshot, SnapshotId, Workspace};
+use parking_lot::Mutex;
+
+use crate::fuse::{HeliosFs, Inner};
+use crate::{Error, Result};
+
+/// Which engine serves a workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Userspace FUSE (fuser).
+    Fuse,
+}
+
+impl Engine {
+    /// The engine's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Fuse => "fuse",
+        }
+    }
+}
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Threads serving FUSE requests (each with its own device fd).
+    pub threads: usize,
+    /// Use FUSE passthrough for open files where the kernel allows it.
+    pub passthrough: bool,
+    /// Let every user (containers' users included) use the mount (`allow_other`).
+    pub allow_other: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            threads: 2,
+            passthrough: true,
+            allow_other: true,
+        }
+    }
+}
+
+/// A workspace mounted at a path. Dropping it unmounts.
+pub struct Mount {
+    inner: Arc<Inner>,
+    session: Mutex<Option<BackgroundSession>>,
+    notifier: Notifier,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl Mount {
+    /// Mounts `ws` at `mountpoint` (an existing directory) with the FUSE engine.
+    pub fn fuse(ws: Arc<Workspace>, mountpoint: &Path, opts: &MountOptions) -> Result<Mount> {
+        let inner = Arc::new(Inner::new(ws.clone(), opts.passthrough));
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("helios".into()),
+            MountOption::Subtype("helios".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        if ws.read_only() {
+            config.mount_options.push(MountOption::RO);
+        }
+        if opts.allow_other {
+            config.acl = SessionACL::All;
+        }
+        config.n_threads = Some(opts.threads.max(1));
+        config.clone_fd = opts.threads > 1;
+        let session =
+            fuser::Session::new(HeliosFs(inner.clone()), mountpoint, &config).map_err(|e| {
+                Error::Mount {
+                    context: format!("mount {}", mountpoint.display()),
+                    source: e,
+                }
+            })?;
+        let notifier = session.notifier();
+        let bg = session.spawn().map_err(|e| Error::Mount {
+            context: "start FUSE session".into(),
+            source: e,
+        })?;
+        Ok(Mount {
+            inner,
+            session: Mutex::new(Some(bg)),
+            notifier,
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    /// The workspace served.
+    pub fn workspace(&self) -> &Arc<Workspace> {
+        &self.inner.ws
+    }
+
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The engine serving it.
+    pub fn engine(&self) -> Engine {
+        Engine::Fuse
+    }
+
+    /// Whether open files are passed through to the kernel.
+    pub fn passthrough(&self) -> bool {
+        self.inner.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots the workspace, including every write that returned before this call
+    /// (writes through passthrough handles included).
+    pub fn snapshot(
+        &self,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Snapshot> {
+        self.inner.flush_writers()?;
+        Ok(self.inner.ws.snapshot(label, annotations)?)
+    }
+
+    /// Switches the mounted workspace to snapshot `id` in place and invalidates what the
+    /// kernel cached, so every lookup after this returns sees the new tree.
+    pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {
+        if !discard {
+            // Writes through open handles count as uncommitted changes.
+            self.inner.flush_writers()?;
+        }
+        let inv = self.inner.ws.checkout(id, discard)?;
+        for (parent, name) in &inv.entries {
+            // ENOENT: the kernel already forgot it; nothing to invalidate.
+            let _ = self
+                .notifier
+                .inval_entry(INodeNo(parent.0), name.as_os_str());
+        }
+        for ino in &inv.inodes {
+            let _ = self.notifier.inval_inode(INodeNo(ino.0), 0, 0);
+        }
+        Ok(())
+    }
+
+    /// Inodes with handles open for writing (for diagnostics and tests).
+    pub fn writers(&self) -> usize {
+        self.inner.writable_inodes().len()
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&self) -> Result<()> {
+        let session = self.session.lock().take();
+        if let Some(bg) = session {
+            bg.umount_and_join().map_err(|e| Error::Mount {
+                context: format!("unmount {}", self.mountpoint.display()),
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "unmount failed; detaching");
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Snapshot, more writes, checkout, all while mounted: the mount switches in place.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::process::{Command, Stdio};
+
+use super::Fixture;
+
+#[test]
+fn snapshot_write_checkout_round_trip() {
+    let fx = Fixture::new();
+    fs::create_dir(fx.p("src")).expect("mkdir");
+    fs::write(fx.p("src/main.py"), b"print(1)\n").expect("write");
+    fs::write(fx.p("keep"), b"unchanged").expect("write");
+    let s1 = fx
+        .mount()
+        .snapshot(Some("one".into()), Default::default())
+        .expect("snapshot");
+    let keep_ino = fs::metadata(fx.p("keep")).expect("stat").ino();
+    let src_ino = fs::metadata(fx.p("src")).expect("stat").ino();
+
+    fs::write(fx.p("src/main.py"), b"print(2)\n").expect("write");
+    fs::write(fx.p("src/new.py"), b"new").expect("write");
+    fs::remove_file(fx.p("keep")).expect("unlink");
+    let s2 = fx
+        .mount()
+        .snapshot(Some("two".into()), Default::default())
+        .expect("snapshot");
+    assert_eq!(s2.parent, Some(s1.id));
+    assert_eq!(s2.metrics.changed_paths, 3);
+
+    // A file opened before the checkout keeps what it opened.
+    let mut old = File::open(fx.p("src/main.py")).expect("open");
+    fx.mount().checkout(s1.id, false).expect("checkout");
+    assert_eq!(fs::read(fx.p("src/main.py")).expect("read"), b"print(1)\n");
+    assert_eq!(fs::read(fx.p("keep")).expect("read"), b"unchanged");
+    assert!(fs::metadata(fx.p("src/new.py")).is_err());
+    let mut s = String::new();
+    old.read_to_string(&mut s).expect("read old handle");
+    assert_eq!(s, "print(2)\n");
+    assert_eq!(
+        fs::metadata(fx.p("src")).expect("stat").ino(),
+        src_ino,
+        "directories keep their inode"
+    );
+    assert_ne!(fs::metadata(fx.p("keep")).expect("stat").ino(), 0);
+    let _ = keep_ino;
+    let names: Vec<_> = fs::read_dir(fx.p("src"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, vec!["main.py"]);
+
+    fx.mount().checkout(s2.id, false).expect("checkout back");
+    assert_eq!(fs::read(fx.p("src/new.py")).expect("read"), b"new");
+    assert!(fs::metadata(fx.p("keep")).is_err());
+}
+
+#[test]
+fn checkout_refuses_uncommitted_writes_through_open_handles() {
+    let fx = Fixture::new();
+    fs::write(fx.p("f"), b"v1").expect("write");
+    let s1 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(fx.p("f"))
+        .expect("open");
+    let s_clean = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    f.write_all_at(b"v2", 0).expect("write");
+    let err = fx.mount().checkout(s1.id, false).expect_err("dirty");
+    assert!(err.to_string().contains("uncommitted"), "{err}");
+    // The write through the still-open handle is in the next snapshot.
+    let s2 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    assert_ne!(s2.root, s_clean.root);
+    let view = fx
+        .repo
+        .create_workspace(Some(s2.id), true, Default::default())
+        .expect("view");
+    assert_eq!(view.read_file("f").expect("read"), b"v2");
+    drop(f);
+    fx.mount().checkout(s1.id, true).expect("discard");
+    assert_eq!(fs::read(fx.p("f")).expect("read"), b"v1");
+}
+
+#[test]
+fn a_process_inside_the_mount_sees_the_new_tree() {
+    let fx = Fixture::new();
+    fs::create_dir(fx.p("work")).expect("mkdir");
+    fs::write(fx.p("work/state"), b"before").expect("write");
+    let s1 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    fs::write(fx.p("work/state"), b"after").expect("write");
+    let s2 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    fx.mount().checkout(s1.id, false).expect("checkout");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("cat state; echo; read go; cat state")
+        .current_dir(fx.p("work"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("first line");
+    assert_eq!(first.trim(), "before");
+    fx.mount()
+        .checkout(s2.id, false)
+        .expect("checkout under a running process");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("signal");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("rest");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(rest.trim(), "after");
+}

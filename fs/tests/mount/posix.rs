@@ -1,0 +1,378 @@
+//! POSIX behaviour of the mount: file operations and their errno, the rename matrix,
+//! links, mmap, sparse and large files, xattrs, concurrency.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+
+use super::Fixture;
+
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .expect("an OS error")
+}
+
+#[test]
+fn files_and_directories_with_errno() {
+    let fx = Fixture::new();
+    fs::write(fx.p("a.txt"), b"hello").expect("write");
+    assert_eq!(fs::read(fx.p("a.txt")).expect("read"), b"hello");
+    fs::create_dir(fx.p("d")).expect("mkdir");
+    fs::write(fx.p("d/inner"), b"x").expect("write");
+    assert_eq!(errno(fs::create_dir(fx.p("d"))), libc::EEXIST);
+    assert_eq!(errno(fs::remove_dir(fx.p("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::remove_file(fx.p("d"))), libc::EISDIR);
+    assert_eq!(errno(fs::remove_dir(fx.p("a.txt"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::read(fx.p("missing"))), libc::ENOENT);
+    assert_eq!(errno(fs::write(fx.p("a.txt/x"), b"")), libc::ENOTDIR);
+    assert_eq!(
+        errno(fs::write(fx.p(&"n".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(fx.p("a.txt"))
+        ),
+        libc::EEXIST
+    );
+    // O_TRUNC and O_APPEND.
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(fx.p("a.txt"))
+        .expect("open append");
+    f.write_all(b" world").expect("append");
+    drop(f);
+    assert_eq!(fs::read(fx.p("a.txt")).expect("read"), b"hello world");
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(fx.p("a.txt"))
+        .expect("trunc");
+    assert_eq!(fs::metadata(fx.p("a.txt")).expect("stat").len(), 0);
+    // chmod, chown, utimens with UTIME_OMIT.
+    fs::set_permissions(fx.p("a.txt"), fs::Permissions::from_mode(0o640)).expect("chmod");
+    nix::unistd::chown(&fx.p("a.txt"), Some(1234.into()), Some(5678.into())).expect("chown");
+    let m = fs::metadata(fx.p("a.txt")).expect("stat");
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 1234, 5678));
+    let t = nix::sys::time::TimeSpec::new(1_000_000, 5);
+    nix::sys::stat::utimensat(
+        AT_FDCWD,
+        &fx.p("a.txt"),
+        &nix::sys::time::TimeSpec::UTIME_OMIT,
+        &t,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .expect("utimensat");
+    let m = fs::metadata(fx.p("a.txt")).expect("stat");
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000, 5));
+    fs::remove_file(fx.p("d/inner")).expect("unlink");
+    fs::remove_dir(fx.p("d")).expect("rmdir");
+    let names: Vec<_> = fs::read_dir(&fx.path)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, vec!["a.txt"]);
+    // statfs answers.
+    nix::sys::statvfs::statvfs(&fx.path).expect("statfs");
+}
+
+#[test]
+fn rename_matrix() {
+    let fx = Fixture::new();
+    fs::write(fx.p("f1"), b"1").expect("write");
+    fs::write(fx.p("f2"), b"2").expect("write");
+    fs::create_dir(fx.p("d1")).expect("mkdir");
+    fs::create_dir(fx.p("d2")).expect("mkdir");
+    fs::write(fx.p("d2/x"), b"x").expect("write");
+    // Replace a file.
+    fs::rename(fx.p("f1"), fx.p("f2")).expect("rename over file");
+    assert_eq!(fs::read(fx.p("f2")).expect("read"), b"1");
+    assert_eq!(errno(fs::metadata(fx.p("f1"))), libc::ENOENT);
+    // File over dir, dir over file, dir over non-empty dir, dir into itself.
+    assert_eq!(errno(fs::rename(fx.p("f2"), fx.p("d1"))), libc::EISDIR);
+    assert_eq!(errno(fs::rename(fx.p("d1"), fx.p("f2"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::rename(fx.p("d1"), fx.p("d2"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::rename(fx.p("d2"), fx.p("d2/sub"))), libc::EINVAL);
+    // Dir over empty dir.
+    fs::rename(fx.p("d2"), fx.p("d1")).expect("dir over empty dir");
+    assert_eq!(fs::read(fx.p("d1/x")).expect("read"), b"x");
+    // RENAME_NOREPLACE and RENAME_EXCHANGE.
+    fs::write(fx.p("g"), b"g").expect("write");
+    let noreplace = renameat2(
+        AT_FDCWD,
+        &fx.p("g"),
+        AT_FDCWD,
+        &fx.p("f2"),
+        RenameFlags::RENAME_NOREPLACE,
+    );
+    assert_eq!(noreplace, Err(nix::errno::Errno::EEXIST));
+    renameat2(
+        AT_FDCWD,
+        &fx.p("g"),
+        AT_FDCWD,
+        &fx.p("d1"),
+        RenameFlags::RENAME_EXCHANGE,
+    )
+    .expect("exchange");
+    assert_eq!(fs::read(fx.p("d1")).expect("read"), b"g");
+    assert_eq!(fs::read(fx.p("g/x")).expect("read"), b"x");
+    // A rename across directories, then snapshot sees it.
+    fs::rename(fx.p("g/x"), fx.p("moved")).expect("rename across dirs");
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let view = fx
+        .repo
+        .create_workspace(Some(s.id), true, Default::default())
+        .expect("view");
+    assert_eq!(view.read_file("moved").expect("read"), b"x");
+    assert!(view.resolve("g/x").is_err());
+}
+
+#[test]
+fn links_unlink_while_open_and_fifos() {
+    let fx = Fixture::new();
+    fs::write(fx.p("orig"), b"data").expect("write");
+    fs::hard_link(fx.p("orig"), fx.p("link")).expect("link");
+    assert_eq!(fs::metadata(fx.p("orig")).expect("stat").nlink(), 2);
+    assert_eq!(
+        fs::metadata(fx.p("orig")).expect("stat").ino(),
+        fs::metadata(fx.p("link")).expect("stat").ino()
+    );
+    OpenOptions::new()
+        .append(true)
+        .open(fx.p("link"))
+        .expect("open")
+        .write_all(b"+more")
+        .expect("append");
+    assert_eq!(fs::read(fx.p("orig")).expect("read"), b"data+more");
+    std::os::unix::fs::symlink("orig", fx.p("sym")).expect("symlink");
+    assert_eq!(
+        fs::read_link(fx.p("sym")).expect("readlink").to_str(),
+        Some("orig")
+    );
+    assert_eq!(
+        fs::read(fx.p("sym")).expect("read through symlink"),
+        b"data+more"
+    );
+    fs::create_dir(fx.p("dir")).expect("mkdir");
+    assert_eq!(
+        errno(fs::hard_link(fx.p("dir"), fx.p("dirlink"))),
+        libc::EPERM
+    );
+    // Unlink while open: the handle keeps reading and writing the data.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fx.p("orig"))
+        .expect("open");
+    fs::remove_file(fx.p("orig")).expect("unlink");
+    fs::remove_file(fx.p("link")).expect("unlink");
+    let mut s = String::new();
+    f.read_to_string(&mut s).expect("read after unlink");
+    assert_eq!(s, "data+more");
+    f.write_all_at(b"DATA", 0).expect("write after unlink");
+    let mut buf = [0u8; 4];
+    f.read_exact_at(&mut buf, 0).expect("read back");
+    assert_eq!(&buf, b"DATA");
+    drop(f);
+    assert_eq!(errno(fs::metadata(fx.p("orig"))), libc::ENOENT);
+    nix::unistd::mkfifo(
+        &fx.p("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(fx.p("pipe")).expect("stat").file_type()
+    ));
+}
+
+#[test]
+fn sparse_large_mmap_and_seek() {
+    let fx = Fixture::new();
+    // Sparse: a write past the end leaves zeros, and SEEK_DATA/SEEK_HOLE answer.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(fx.p("sparse"))
+        .expect("create");
+    f.write_all_at(b"end", 10 << 20).expect("sparse write");
+    let mut buf = vec![1u8; 4096];
+    f.read_exact_at(&mut buf, 4096).expect("read hole");
+    assert!(buf.iter().all(|&b| b == 0));
+    let data = nix::unistd::lseek(f.as_fd(), 0, nix::unistd::Whence::SeekData).expect("SEEK_DATA");
+    assert!(data >= 4096, "the hole is reported: data starts at {data}");
+    drop(f);
+    // A file of many chunks round-trips through a snapshot.
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let big: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(fx.p("big"), &big).expect("write big");
+    assert_eq!(fs::read(fx.p("big")).expect("read big"), big);
+    // Shared writable mmap reads back, through the mount and after msync in a snapshot.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(fx.p("mapped"))
+        .expect("create");
+    f.set_len(8192).expect("set_len");
+    #[allow(unsafe_code)]
+    // SAFETY: the file is private to this test and outlives the mapping.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&f) }.expect("mmap");
+    map[100..105].copy_from_slice(b"mmap!");
+    map.flush().expect("msync");
+    drop(map);
+    let mut back = vec![0u8; 5];
+    File::open(fx.p("mapped"))
+        .expect("open")
+        .read_exact_at(&mut back, 100)
+        .expect("read");
+    assert_eq!(&back, b"mmap!");
+    drop(f);
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let view = fx
+        .repo
+        .create_workspace(Some(s.id), true, Default::default())
+        .expect("view");
+    assert_eq!(view.read_file("big").expect("read"), big);
+    assert_eq!(&view.read_file("mapped").expect("read")[100..105], b"mmap!");
+    assert_eq!(
+        view.read_file("sparse").expect("read").len(),
+        (10 << 20) + 3
+    );
+    // copy_file_range and fallocate.
+    let src = File::open(fx.p("big")).expect("open");
+    let dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(fx.p("copy"))
+        .expect("create");
+    let n = nix::fcntl::copy_file_range(src.as_fd(), None, dst.as_fd(), None, 1 << 20)
+        .expect("copy_file_range");
+    assert!(n > 0);
+    nix::fcntl::fallocate(dst.as_fd(), nix::fcntl::FallocateFlags::empty(), 0, 4 << 20)
+        .expect("fallocate");
+    drop(dst);
+    assert_eq!(fs::metadata(fx.p("copy")).expect("stat").len(), 4 << 20);
+    assert_eq!(fs::read(fx.p("copy")).expect("read")[..n], big[..n]);
+    let mut f = File::open(fx.p("big")).expect("open");
+    f.seek(SeekFrom::End(-3)).expect("seek");
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).expect("read");
+    assert_eq!(tail, big[big.len() - 3..]);
+}
+
+#[test]
+fn xattrs() {
+    let fx = Fixture::new();
+    fs::write(fx.p("f"), b"x").expect("write");
+    xattr::set(fx.p("f"), "user.agent", b"value").expect("setxattr");
+    assert_eq!(
+        xattr::get(fx.p("f"), "user.agent").expect("getxattr"),
+        Some(b"value".to_vec())
+    );
+    let names: Vec<_> = xattr::list(fx.p("f")).expect("listxattr").collect();
+    assert!(names.iter().any(|n| n == "user.agent"));
+    xattr::remove(fx.p("f"), "user.agent").expect("removexattr");
+    assert_eq!(xattr::get(fx.p("f"), "user.agent").expect("getxattr"), None);
+    assert_eq!(errno(xattr::remove(fx.p("f"), "user.agent")), libc::ENODATA);
+}
+
+#[test]
+fn concurrent_writers() {
+    let fx = Fixture::new();
+    let shared = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(fx.p("shared"))
+        .expect("create");
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let path = fx.path.clone();
+            s.spawn(move || {
+                for i in 0..50 {
+                    fs::write(path.join(format!("t{t}-{i}")), format!("{t}:{i}")).expect("write");
+                }
+            });
+        }
+        // Four writers to one file at disjoint offsets.
+        let shared = &shared;
+        for t in 0..4u8 {
+            s.spawn(move || {
+                for i in 0..64u64 {
+                    shared
+                        .write_all_at(&[b'a' + t; 16], (i * 4 + t as u64) * 16)
+                        .expect("pwrite");
+                }
+            });
+        }
+    });
+    for t in 0..4 {
+        for i in 0..50 {
+            assert_eq!(
+                fs::read_to_string(fx.p(&format!("t{t}-{i}"))).expect("read"),
+                format!("{t}:{i}")
+            );
+        }
+    }
+    let shared = fs::read(fx.p("shared")).expect("read");
+    assert_eq!(shared.len(), 64 * 4 * 16);
+    for (k, block) in shared.chunks(16).enumerate() {
+        assert!(
+            block.iter().all(|&b| b == b'a' + (k % 4) as u8),
+            "block {k}"
+        );
+    }
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    let fx = Fixture::new();
+    fs::write(fx.p("f"), b"x").expect("write");
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let ro = Fixture::with(None, false, Default::default());
+    drop(ro);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mp = dir.path().join("ro");
+    fs::create_dir(&mp).expect("mkdir");
+    let ws = fx
+        .repo
+        .create_workspace(Some(s.id), true, Default::default())
+        .expect("ro ws");
+    let m = helios_fs::Mount::fuse(ws, &mp, &Default::default()).expect("mount ro");
+    assert_eq!(fs::read(mp.join("f")).expect("read"), b"x");
+    assert_eq!(errno(fs::write(mp.join("g"), b"y")), libc::EROFS);
+    assert_eq!(
+        errno(OpenOptions::new().write(true).open(mp.join("f"))),
+        libc::EROFS
+    );
+    m.unmount().expect("unmount");
+}

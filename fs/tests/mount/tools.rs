@@ -1,0 +1,128 @@
+//! Real tools inside a mount: git, tar, sqlite3, python.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::{Fixture, tree};
+
+fn run(dir: &Path, cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn git_init_add_commit_status_checkout() {
+    let fx = Fixture::new();
+    let d = &fx.path;
+    run(
+        d,
+        "git init -q -b main . && git config user.email t@t && git config user.name t",
+    );
+    run(
+        d,
+        "mkdir -p src && for i in $(seq 1 50); do echo \"line $i\" > src/f$i.txt; done",
+    );
+    run(d, "git add -A && git commit -qm first");
+    assert_eq!(run(d, "git status --porcelain"), "");
+    run(
+        d,
+        "echo changed >> src/f1.txt && git checkout -q -b topic && git commit -qam second",
+    );
+    run(d, "git checkout -q main");
+    assert_eq!(run(d, "cat src/f1.txt"), "line 1\n");
+    assert_eq!(run(d, "git log --oneline | wc -l").trim(), "1");
+    run(d, "git fsck --no-progress");
+    // A snapshot of the repository is a repository.
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let out = tempfile::tempdir().expect("tempdir");
+    fx.repo.export(s.id, &out.path().join("e")).expect("export");
+    run(
+        &out.path().join("e"),
+        "git fsck --no-progress && git status --porcelain | wc -l",
+    );
+}
+
+#[test]
+fn tar_extract_thousands_of_files() {
+    let src = tempfile::tempdir().expect("tempdir");
+    run(
+        src.path(),
+        "mkdir -p t && for d in $(seq 1 30); do mkdir t/d$d; for f in $(seq 1 100); do echo \"$d/$f\" > t/d$d/f$f; done; done; ln -s d1/f1 t/link; tar -cf t.tar t",
+    );
+    let fx = Fixture::new();
+    run(
+        &fx.path,
+        &format!("tar -xf {}", src.path().join("t.tar").display()),
+    );
+    assert_eq!(tree(&fx.p("t")), tree(&src.path().join("t")));
+    assert_eq!(run(&fx.path, "find t -type f | wc -l").trim(), "3000");
+    run(&fx.path, "rm -rf t");
+    assert_eq!(run(&fx.path, "ls -A | wc -l").trim(), "0");
+}
+
+#[test]
+fn sqlite_journal_and_wal() {
+    let fx = Fixture::new();
+    for (db, mode) in [("j.db", "DELETE"), ("w.db", "WAL")] {
+        let sql = format!(
+            "PRAGMA journal_mode={mode}; CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<2000) \
+             INSERT INTO t(v) SELECT printf('row %d', i) FROM n; \
+             UPDATE t SET v='x' WHERE k % 7 = 0; DELETE FROM t WHERE k % 11 = 0;"
+        );
+        run(&fx.path, &format!("sqlite3 {db} \"{sql}\""));
+        let count = run(
+            &fx.path,
+            &format!(
+                "sqlite3 {db} 'SELECT count(*), sum(v = \"x\") FROM t; PRAGMA integrity_check;'"
+            ),
+        );
+        assert_eq!(count, "1819|260\nok\n", "{mode}");
+    }
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let out = tempfile::tempdir().expect("tempdir");
+    fx.repo.export(s.id, &out.path().join("e")).expect("export");
+    assert_eq!(
+        run(
+            &out.path().join("e"),
+            "sqlite3 j.db 'SELECT count(*) FROM t'"
+        ),
+        "1819\n"
+    );
+}
+
+#[test]
+fn python_venv_and_compileall() {
+    let fx = Fixture::new();
+    run(&fx.path, "python3 -m venv --without-pip venv");
+    run(
+        &fx.path,
+        "mkdir pkg && for i in $(seq 1 40); do echo \"def f$i(): return $i\" > pkg/m$i.py; done && touch pkg/__init__.py",
+    );
+    run(&fx.path, "./venv/bin/python -m compileall -q pkg");
+    assert_eq!(
+        run(
+            &fx.path,
+            "./venv/bin/python -c 'import pkg.m7; print(pkg.m7.f7())'"
+        ),
+        "7\n"
+    );
+    assert!(fx.p("pkg/__pycache__").is_dir());
+}
