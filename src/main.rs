@@ -1,1 +1,504 @@
-fn main() {}
+//! The `helios` command: `helios serve` runs the daemon; every other subcommand is a
+//! client of its API, printing a short human line or, with `--json`, the API's JSON.
+
+mod client;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "helios",
+    version,
+    about = "Copy-on-write snapshot filesystem for AI agent workspaces"
+)]
+#[command(arg_required_else_help = true)]
+struct Cli {
+    /// The daemon's control socket [default: $HELIOS_SOCKET, /run/helios/helios.sock for
+    /// root, $XDG_RUNTIME_DIR/helios.sock otherwise]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print the API's JSON instead of a human line.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Serve {
+        /// State directory [default: $HELIOS_STATE_DIR, /var/lib/helios for root,
+        /// $XDG_DATA_HOME/helios otherwise]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Also allow this group id on the socket (mode 0660).
+        #[arg(long)]
+        group: Option<u32>,
+        /// FUSE threads per mounted workspace.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Serve file data in userspace even where FUSE passthrough is available.
+        #[arg(long)]
+        no_passthrough: bool,
+    },
+    /// Import a directory as a new root snapshot.
+    Import {
+        dir: PathBuf,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Create a workspace (empty or from a snapshot) and mount it.
+    Mount {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        from: Option<String>,
+        /// fuse, overlay or auto.
+        #[arg(long)]
+        engine: Option<String>,
+    },
+    /// Snapshot a workspace (named by id or mountpoint).
+    Snapshot {
+        workspace: String,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Switch a workspace to another snapshot in place.
+    Checkout {
+        workspace: String,
+        snapshot: String,
+        /// Throw away uncommitted changes.
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Paths that differ between two snapshots.
+    Diff { a: String, b: String },
+    /// The snapshot tree (below SNAPSHOT, or all of it).
+    Log { snapshot: Option<String> },
+    /// List workspaces.
+    Ls,
+    /// Attach KEY=VALUE annotations (VALUE parsed as JSON when it is JSON).
+    Annotate {
+        snapshot: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Delete a snapshot (or its subtree).
+    Rm {
+        snapshot: String,
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// Unmount and delete a workspace.
+    Unmount { workspace: String },
+    /// Write a snapshot into a directory (missing or empty).
+    Export { snapshot: String, dir: PathBuf },
+    /// Reclaim space no snapshot or workspace uses.
+    Gc,
+    /// Store and graph counters.
+    Stats,
+    /// Verify every object and reference.
+    Fsck,
+}
+
+fn default_socket() -> PathBuf {
+    if let Some(s) = std::env::var_os("HELIOS_SOCKET") {
+        return PathBuf::from(s);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/helios/helios.sock");
+    }
+    let runtime =
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    runtime.join("helios.sock")
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(s) = std::env::var_os("HELIOS_STATE_DIR") {
+        return PathBuf::from(s);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/helios");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+            home.join(".local/share")
+        });
+    data.join("helios")
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir()?.join(p))
+}
+
+/// A workspace id, from an id (`w3`) or a mountpoint path.
+fn workspace_id(c: &Client, arg: &str) -> Result<String> {
+    if arg.starts_with('w') && arg[1..].chars().all(|ch| ch.is_ascii_digit()) && arg.len() > 1 {
+        return Ok(arg.to_string());
+    }
+    let path = absolute(Path::new(arg))?;
+    let path = path.canonicalize().unwrap_or(path);
+    let list = c.call("GET", "/v1/workspaces", None)?;
+    for w in list.as_array().into_iter().flatten() {
+        if w["mountpoint"].as_str().map(Path::new) == Some(path.as_path()) {
+            return Ok(w["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    bail!("no workspace is mounted at {}", path.display())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn snapshot_line(s: &Value) -> String {
+    let m = &s["metrics"];
+    let parent = s["parent"]
+        .as_str()
+        .map_or_else(|| "root".to_string(), |p| format!("parent {p}"));
+    format!(
+        "{}  ({parent}, {} paths changed, {} new, {} µs)",
+        s["id"].as_str().unwrap_or("?"),
+        m["changed_paths"],
+        human_bytes(m["new_bytes"].as_u64().unwrap_or(0)),
+        m["latency_us"]
+    )
+}
+
+fn workspace_line(w: &Value) -> String {
+    format!(
+        "{}  {}  {}{}  base={}  {}",
+        w["id"].as_str().unwrap_or("?"),
+        w["mountpoint"].as_str().unwrap_or(""),
+        w["engine"].as_str().unwrap_or(""),
+        if w["passthrough"].as_bool() == Some(true) {
+            "+passthrough"
+        } else {
+            ""
+        },
+        w["base"].as_str().unwrap_or("-"),
+        if w["dirty"].as_bool() == Some(true) {
+            "dirty"
+        } else {
+            "clean"
+        },
+    )
+}
+
+fn print_log(all: &[Value], from: Option<&str>) -> String {
+    let mut out = String::new();
+    fn walk(all: &[Value], id: &str, prefix: &str, last: bool, top: bool, out: &mut String) {
+        let Some(s) = all.iter().find(|s| s["id"] == id) else {
+            return;
+        };
+        let branch = if top {
+            ""
+        } else if last {
+            "└─ "
+        } else {
+            "├─ "
+        };
+        let label = s["label"]
+            .as_str()
+            .map(|l| format!(" {l}"))
+            .unwrap_or_default();
+        let ann = s["annotations"]
+            .as_object()
+            .filter(|a| !a.is_empty())
+            .map(|a| format!(" {}", Value::Object(a.clone())))
+            .unwrap_or_default();
+        let root = s["root"]
+            .as_str()
+            .map(|r| &r[..r.len().min(12)])
+            .unwrap_or("");
+        out.push_str(&format!("{prefix}{branch}{id}{label}  [{root}]{ann}\n"));
+        let children: Vec<&str> = all
+            .iter()
+            .filter(|c| c["parent"] == id)
+            .filter_map(|c| c["id"].as_str())
+            .collect();
+        let child_prefix = if top {
+            prefix.to_string()
+        } else {
+            format!("{prefix}{}", if last { "   " } else { "│  " })
+        };
+        for (i, c) in children.iter().enumerate() {
+            walk(all, c, &child_prefix, i + 1 == children.len(), false, out);
+        }
+    }
+    let roots: Vec<&str> = match from {
+        Some(id) => vec![id],
+        None => all
+            .iter()
+            .filter(|s| s["parent"].is_null())
+            .filter_map(|s| s["id"].as_str())
+            .collect(),
+    };
+    for r in roots {
+        walk(all, r, "", true, true, &mut out);
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    if let Cmd::Serve {
+        state_dir,
+        group,
+        threads,
+        no_passthrough,
+    } = cli.cmd
+    {
+        let config = helios_daemon::Config {
+            state_dir: state_dir.unwrap_or_else(default_state_dir),
+            socket,
+            group,
+            mount: helios_fs::MountOptions {
+                threads,
+                passthrough: !no_passthrough,
+                allow_other: true,
+            },
+        };
+        return helios_daemon::serve(config).map_err(Into::into);
+    }
+    let c = Client::new(&socket)?;
+    let (value, human): (Value, String) = match cli.cmd {
+        Cmd::Serve { .. } => unreachable!("handled above"),
+        Cmd::Import { dir, label } => {
+            let dir = absolute(&dir)?;
+            let v = c.call(
+                "POST",
+                "/v1/snapshots/import",
+                Some(json!({"path": dir, "label": label})),
+            )?;
+            let h = snapshot_line(&v);
+            (v, h)
+        }
+        Cmd::Mount {
+            mountpoint,
+            from,
+            engine,
+        } => {
+            let mp = absolute(&mountpoint)?;
+            if !mp.exists() {
+                std::fs::create_dir_all(&mp).with_context(|| format!("create {}", mp.display()))?;
+            }
+            let mp = mp.canonicalize().unwrap_or(mp);
+            let v = c.call(
+                "POST",
+                "/v1/workspaces",
+                Some(json!({"mountpoint": mp, "from": from, "engine": engine})),
+            )?;
+            let h = workspace_line(&v);
+            (v, h)
+        }
+        Cmd::Snapshot { workspace, label } => {
+            let id = workspace_id(&c, &workspace)?;
+            let v = c.call(
+                "POST",
+                &format!("/v1/workspaces/{id}/snapshot"),
+                Some(json!({"label": label})),
+            )?;
+            let h = snapshot_line(&v);
+            (v, h)
+        }
+        Cmd::Checkout {
+            workspace,
+            snapshot,
+            discard,
+        } => {
+            let id = workspace_id(&c, &workspace)?;
+            let v = c.call(
+                "POST",
+                &format!("/v1/workspaces/{id}/checkout"),
+                Some(json!({"snapshot": snapshot, "discard": discard})),
+            )?;
+            let h = format!("{id} now at {}", v["base"].as_str().unwrap_or("?"));
+            (v, h)
+        }
+        Cmd::Diff { a, b } => {
+            let v = c.call("GET", &format!("/v1/snapshots/{a}/diff/{b}"), None)?;
+            let mut h = String::new();
+            for ch in v["changes"].as_array().into_iter().flatten() {
+                let k = match ch["kind"].as_str() {
+                    Some("added") => "A",
+                    Some("deleted") => "D",
+                    _ => "M",
+                };
+                h.push_str(&format!(
+                    "{k} {} ({})\n",
+                    ch["path"].as_str().unwrap_or(""),
+                    human_bytes(ch["size"].as_u64().unwrap_or(0))
+                ));
+            }
+            if h.is_empty() {
+                h = "no differences".into();
+            }
+            (v, h.trim_end().to_string())
+        }
+        Cmd::Log { snapshot } => {
+            let v = c.call("GET", "/v1/snapshots", None)?;
+            if let Some(s) = &snapshot {
+                c.call("GET", &format!("/v1/snapshots/{s}"), None)?;
+            }
+            let all = v.as_array().cloned().unwrap_or_default();
+            let h = print_log(&all, snapshot.as_deref());
+            (v, h.trim_end().to_string())
+        }
+        Cmd::Ls => {
+            let v = c.call("GET", "/v1/workspaces", None)?;
+            let h: Vec<String> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(workspace_line)
+                .collect();
+            (v, h.join("\n"))
+        }
+        Cmd::Annotate { snapshot, pairs } => {
+            let mut ann = serde_json::Map::new();
+            for p in pairs {
+                let Some((k, val)) = p.split_once('=') else {
+                    bail!("annotation {p:?} is not KEY=VALUE");
+                };
+                let parsed =
+                    serde_json::from_str(val).unwrap_or_else(|_| Value::String(val.to_string()));
+                ann.insert(k.to_string(), parsed);
+            }
+            let v = c.call(
+                "PATCH",
+                &format!("/v1/snapshots/{snapshot}"),
+                Some(json!({"annotations": ann})),
+            )?;
+            let h = format!("{snapshot} annotated: {}", v["annotations"]);
+            (v, h)
+        }
+        Cmd::Rm {
+            snapshot,
+            recursive,
+        } => {
+            let v = c.call(
+                "DELETE",
+                &format!("/v1/snapshots/{snapshot}?recursive={recursive}"),
+                None,
+            )?;
+            let ids: Vec<&str> = v["removed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let h = format!("removed {}", ids.join(" "));
+            (v, h)
+        }
+        Cmd::Unmount { workspace } => {
+            let id = workspace_id(&c, &workspace)?;
+            c.call("DELETE", &format!("/v1/workspaces/{id}"), None)?;
+            (json!({"id": id}), format!("{id} unmounted"))
+        }
+        Cmd::Export { snapshot, dir } => {
+            let dir = absolute(&dir)?;
+            let v = c.call(
+                "POST",
+                &format!("/v1/snapshots/{snapshot}/export"),
+                Some(json!({"path": dir})),
+            )?;
+            (v, format!("exported {snapshot} to {}", dir.display()))
+        }
+        Cmd::Gc => {
+            let v = c.call("POST", "/v1/gc", None)?;
+            let h = format!(
+                "freed {} objects, {}",
+                v["freed_objects"],
+                human_bytes(v["freed_bytes"].as_u64().unwrap_or(0))
+            );
+            (v, h)
+        }
+        Cmd::Stats => {
+            let v = c.call("GET", "/v1/stats", None)?;
+            let h = format!(
+                "snapshots {}  workspaces {}  objects {}  stored {}  logical {}  dedup {:.2}x  cache hits {} misses {}",
+                v["snapshots"],
+                v["workspaces"],
+                v["objects"],
+                human_bytes(v["stored_bytes"].as_u64().unwrap_or(0)),
+                human_bytes(v["logical_bytes"].as_u64().unwrap_or(0)),
+                v["dedup_ratio"].as_f64().unwrap_or(0.0),
+                v["cache_hits"],
+                v["cache_misses"]
+            );
+            (v, h)
+        }
+        Cmd::Fsck => {
+            let v = c.call("POST", "/v1/fsck", None)?;
+            let errors: Vec<&str> = v["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !errors.is_empty() {
+                if cli.json {
+                    println!("{v}");
+                }
+                bail!(
+                    "fsck found {} problems:\n{}",
+                    errors.len(),
+                    errors.join("\n")
+                );
+            }
+            let h = format!(
+                "ok: {} objects, {} snapshots, {} workspaces checked",
+                v["objects_checked"], v["snapshots_checked"], v["workspaces_checked"]
+            );
+            (v, h)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else if !human.is_empty() {
+        writeln!(out, "{human}")?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

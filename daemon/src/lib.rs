@@ -1,1 +1,173 @@
-//! helios daemon.
+//! helios-daemon: the control plane. A tokio server speaking HTTP/1.1 + JSON on a Unix
+//! socket, the registry of mounted workspaces, graceful shutdown and metrics.
+
+pub mod api;
+pub mod error;
+pub mod metrics;
+pub mod state;
+pub mod wire;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use helios_fs::MountOptions;
+use helios_snapshot::Repo;
+use tokio::net::UnixListener;
+
+use crate::api::{Access, AppState, Peer};
+use crate::state::Daemon;
+
+/// How to run the daemon.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The state directory (store, workspaces, caches).
+    pub state_dir: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// A group allowed to use the socket (mode 0660), besides the owner and root.
+    pub group: Option<u32>,
+    /// FUSE options of every mount.
+    pub mount: MountOptions,
+}
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another daemon holds the state directory.
+    #[error("another helios daemon is using {0}")]
+    Locked(PathBuf),
+    /// The socket path is served by a live daemon.
+    #[error("a daemon is already listening on {0}")]
+    SocketInUse(PathBuf),
+    /// I/O while preparing.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] helios_snapshot::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then waits for requests in
+/// flight. Mounts stay up: the caller decides what shutdown means for them.
+pub async fn run(
+    listener: UnixListener,
+    app: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = api::router(app);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Takes an exclusive lock on the state directory for the life of the returned file.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StartError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Io(format!("create {}", dir.display()), e))?;
+    let path = dir.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError::Io(format!("open {}", path.display()), e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| StartError::Locked(dir.to_path_buf()))
+}
+
+/// Binds the control socket: a stale socket file is replaced, a live one is refused.
+fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, StartError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StartError::Io(format!("create {}", parent.display()), e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::SocketInUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| StartError::Io(format!("remove stale {}", path.display()), e))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| StartError::Io(format!("bind {}", path.display()), e))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| StartError::Io(format!("chmod {}", path.display()), e))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| StartError::Io(format!("chgrp {}", path.display()), e.into()))?;
+    }
+    Ok(listener)
+}
+
+/// Raises the open-file limit to its hard maximum: every mount and open file costs fds.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT: opens the store, mounts
+/// the persisted workspaces again, serves the socket; at the signal, stops accepting,
+/// finishes requests in flight, saves and unmounts every workspace, flushes the store.
+pub fn serve(config: Config) -> Result<(), StartError> {
+    raise_fd_limit();
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let repo = Arc::new(Repo::open(&config.state_dir)?);
+    let daemon = Arc::new(Daemon::new(repo, config.mount.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("helios-api")
+        .build()
+        .map_err(|e| StartError::Io("start runtime".into(), e))?;
+    let restored = daemon.restore().map_err(|e| {
+        StartError::Io(
+            "restore workspaces".into(),
+            std::io::Error::other(e.message),
+        )
+    })?;
+    tracing::info!(restored, "workspaces mounted again");
+    let result = rt.block_on(async {
+        let listener = bind_socket(&config.socket, config.group)?;
+        tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "helios daemon listening");
+        let app = AppState {
+            daemon: daemon.clone(),
+            access: Access {
+                uid: nix::unistd::geteuid().as_raw(),
+                group: config.group,
+            },
+        };
+        run(listener, app, shutdown_signal())
+            .await
+            .map_err(|e| StartError::Io("serve".into(), e))
+    });
+    tracing::info!("shutting down: saving and unmounting workspaces");
+    let d = daemon.clone();
+    // Unmounting waits for FUSE sessions; do it outside the runtime's async threads.
+    std::thread::spawn(move || d.shutdown()).join().ok();
+    let _ = std::fs::remove_file(&config.socket);
+    drop(rt);
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

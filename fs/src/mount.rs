@@ -167,13 +167,19 @@ impl Mount {
         self.stop()
     }
 
+    /// Unmounts; when the mount is busy (a process still works in it), detaches it
+    /// lazily so it disappears once the last user leaves, and reports the busy error.
     fn stop(&self) -> Result<()> {
         let session = self.session.lock().take();
-        if let Some(bg) = session {
-            bg.umount_and_join().map_err(|e| Error::Mount {
+        if let Some(bg) = session
+            && let Err(e) = bg.umount_and_join()
+        {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            return Err(Error::Mount {
                 context: format!("unmount {}", self.mountpoint.display()),
                 source: e,
-            })?;
+            });
         }
         Ok(())
     }
@@ -181,9 +187,6 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            tracing::error!(error = %e, "unmount failed; detaching");
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-        }
+        let _ = self.stop();
     }
 }

@@ -1,0 +1,157 @@
+//! `/v1/snapshots`: import, list, get, annotate, delete, diff, export.
+
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use helios_snapshot::{Hash, SnapshotId};
+use serde::Deserialize;
+
+use super::{ApiJson, AppState, blocking, parse_id};
+use crate::error::{ApiError, ApiResult};
+use crate::wire::{ChangeOut, DiffOut, ExportIn, ImportIn, PatchIn, RemovedOut, SnapshotOut};
+
+fn absolute(path: &str, what: &str) -> ApiResult<PathBuf> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "{what} {path:?} is not an absolute path"
+        )));
+    }
+    Ok(p)
+}
+
+/// `POST /v1/snapshots/import`.
+pub async fn import(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<ImportIn>,
+) -> ApiResult<(StatusCode, Json<SnapshotOut>)> {
+    let path = absolute(&body.path, "import path")?;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ApiError::bad_request(format!(
+                "import path {:?} is not a directory",
+                body.path
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "import path {:?}: {e}",
+                body.path
+            )));
+        }
+    }
+    let repo = app.daemon.repo.clone();
+    let s = blocking(move || Ok(repo.import(&path, body.label)?)).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotOut::from(&s))))
+}
+
+/// Filters of `GET /v1/snapshots`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    parent: Option<String>,
+    root: Option<String>,
+}
+
+/// `GET /v1/snapshots[?parent=&root=]`.
+pub async fn list(
+    State(app): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<SnapshotOut>>> {
+    let parent: Option<SnapshotId> = q.parent.as_deref().map(parse_id).transpose()?;
+    let root: Option<Hash> = q
+        .root
+        .as_deref()
+        .map(|r| {
+            r.parse()
+                .map_err(|e: helios_snapshot::Error| ApiError::bad_request(e.to_string()))
+        })
+        .transpose()?;
+    let repo = app.daemon.repo.clone();
+    let out = blocking(move || {
+        let all = repo.snapshots()?;
+        Ok(all
+            .iter()
+            .filter(|s| parent.is_none() || s.parent == parent)
+            .filter(|s| root.is_none() || Some(s.root) == root)
+            .map(SnapshotOut::from)
+            .collect())
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+/// `GET /v1/snapshots/{id}`.
+pub async fn get_one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SnapshotOut>> {
+    let id: SnapshotId = parse_id(&id)?;
+    let repo = app.daemon.repo.clone();
+    let s = blocking(move || Ok(repo.snapshot(id)?)).await?;
+    Ok(Json(SnapshotOut::from(&s)))
+}
+
+/// `PATCH /v1/snapshots/{id}`.
+pub async fn patch(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchIn>,
+) -> ApiResult<Json<SnapshotOut>> {
+    let id: SnapshotId = parse_id(&id)?;
+    let repo = app.daemon.repo.clone();
+    let s = blocking(move || Ok(repo.update_snapshot(id, body.label, body.annotations)?)).await?;
+    Ok(Json(SnapshotOut::from(&s)))
+}
+
+/// Options of `DELETE /v1/snapshots/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// `DELETE /v1/snapshots/{id}[?recursive=true]`.
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Json<RemovedOut>> {
+    let id: SnapshotId = parse_id(&id)?;
+    let repo = app.daemon.repo.clone();
+    let removed = blocking(move || Ok(repo.prune(id, q.recursive)?)).await?;
+    Ok(Json(RemovedOut {
+        removed: removed.iter().map(|i| i.to_string()).collect(),
+    }))
+}
+
+/// `GET /v1/snapshots/{a}/diff/{b}`.
+pub async fn diff(
+    State(app): State<AppState>,
+    Path((a, b)): Path<(String, String)>,
+) -> ApiResult<Json<DiffOut>> {
+    let (a, b): (SnapshotId, SnapshotId) = (parse_id(&a)?, parse_id(&b)?);
+    let repo = app.daemon.repo.clone();
+    let changes = blocking(move || Ok(repo.diff(a, b)?)).await?;
+    Ok(Json(DiffOut {
+        changes: changes.iter().map(ChangeOut::from).collect(),
+    }))
+}
+
+/// `POST /v1/snapshots/{id}/export`.
+pub async fn export(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ExportIn>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id: SnapshotId = parse_id(&id)?;
+    let path = absolute(&body.path, "export path")?;
+    let repo = app.daemon.repo.clone();
+    let p = path.clone();
+    blocking(move || Ok(repo.export(id, &p)?)).await?;
+    Ok(Json(serde_json::json!({"path": path})))
+}

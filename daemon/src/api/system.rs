@@ -1,0 +1,73 @@
+//! Health, stats, metrics, gc and fsck.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use helios_snapshot::{FsckReport, GcReport, Stats};
+
+use super::{AppState, blocking};
+use crate::error::ApiResult;
+
+/// `GET /v1/health`.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /v1/stats`.
+pub async fn stats(State(app): State<AppState>) -> ApiResult<Json<Stats>> {
+    let repo = app.daemon.repo.clone();
+    Ok(Json(blocking(move || Ok(repo.stats()?)).await?))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let d = app.daemon.clone();
+    let text = blocking(move || {
+        let s = d.repo.stats()?;
+        let lookups = (s.cache_hits + s.cache_misses).max(1) as f64;
+        let gauges = [
+            (
+                "helios_store_objects",
+                "Objects in the store.",
+                s.objects as f64,
+            ),
+            (
+                "helios_store_stored_bytes",
+                "Bytes the store's objects take.",
+                s.stored_bytes as f64,
+            ),
+            (
+                "helios_store_logical_bytes",
+                "File bytes summed over every snapshot.",
+                s.logical_bytes as f64,
+            ),
+            ("helios_snapshots", "Snapshots.", s.snapshots as f64),
+            (
+                "helios_workspaces_mounted",
+                "Mounted workspaces.",
+                d.mounted() as f64,
+            ),
+            (
+                "helios_cache_hit_ratio",
+                "Object cache hits / lookups since start.",
+                s.cache_hits as f64 / lookups,
+            ),
+        ];
+        Ok(d.metrics.render(&gauges))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// `POST /v1/gc`.
+pub async fn gc(State(app): State<AppState>) -> ApiResult<Json<GcReport>> {
+    let repo = app.daemon.repo.clone();
+    Ok(Json(blocking(move || Ok(repo.gc()?)).await?))
+}
+
+/// `POST /v1/fsck`.
+pub async fn fsck(State(app): State<AppState>) -> ApiResult<Json<FsckReport>> {
+    let repo = app.daemon.repo.clone();
+    Ok(Json(blocking(move || Ok(repo.fsck()?)).await?))
+}

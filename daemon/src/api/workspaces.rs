@@ -1,0 +1,80 @@
+//! `/v1/workspaces`: create (fork + mount), list, get, snapshot, checkout, delete.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use helios_snapshot::{SnapshotId, WorkspaceId};
+
+use super::{ApiJson, AppState, blocking, parse_id};
+use crate::error::ApiResult;
+use crate::wire::{CheckoutIn, CreateWorkspaceIn, SnapshotIn, SnapshotOut, WorkspaceOut};
+
+/// `POST /v1/workspaces`.
+pub async fn create(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<CreateWorkspaceIn>,
+) -> ApiResult<(StatusCode, Json<WorkspaceOut>)> {
+    let from: Option<SnapshotId> = body.from.as_deref().map(parse_id).transpose()?;
+    let d = app.daemon.clone();
+    let out = blocking(move || d.create(&body.mountpoint, from, body.engine.as_deref())).await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `GET /v1/workspaces`.
+pub async fn list(State(app): State<AppState>) -> ApiResult<Json<Vec<WorkspaceOut>>> {
+    let d = app.daemon.clone();
+    Ok(Json(blocking(move || d.list()).await?))
+}
+
+/// `GET /v1/workspaces/{id}`.
+pub async fn get_one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceOut>> {
+    let id: WorkspaceId = parse_id(&id)?;
+    let d = app.daemon.clone();
+    Ok(Json(blocking(move || d.get(id)).await?))
+}
+
+/// `POST /v1/workspaces/{id}/snapshot`.
+pub async fn snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<SnapshotOut>)> {
+    let id: WorkspaceId = parse_id(&id)?;
+    // The body is optional: an empty one means no label and no annotations.
+    let body: SnapshotIn = if body.iter().all(u8::is_ascii_whitespace) {
+        SnapshotIn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            crate::error::ApiError::bad_request(format!("invalid request body: {e}"))
+        })?
+    };
+    let d = app.daemon.clone();
+    let s =
+        blocking(move || d.snapshot(id, body.label, body.annotations.unwrap_or_default())).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotOut::from(&s))))
+}
+
+/// `POST /v1/workspaces/{id}/checkout`.
+pub async fn checkout(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CheckoutIn>,
+) -> ApiResult<Json<WorkspaceOut>> {
+    let id: WorkspaceId = parse_id(&id)?;
+    let snap: SnapshotId = parse_id(&body.snapshot)?;
+    let d = app.daemon.clone();
+    Ok(Json(
+        blocking(move || d.checkout(id, snap, body.discard)).await?,
+    ))
+}
+
+/// `DELETE /v1/workspaces/{id}`: unmount and drop.
+pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id: WorkspaceId = parse_id(&id)?;
+    let d = app.daemon.clone();
+    blocking(move || d.delete(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,324 @@
+//! The daemon's registry: the repo and every mounted workspace. All methods block
+//! (RocksDB, mount(2)); handlers call them in `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use helios_fs::{Mount, MountOptions};
+use helios_snapshot::{Repo, Snapshot, SnapshotId, Workspace, WorkspaceId, WorkspaceRecord};
+use parking_lot::Mutex;
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::wire::WorkspaceOut;
+
+/// Why the fuse engine serves every workspace in this build.
+const FUSE_REASON_AUTO: &str =
+    "auto: the overlay engine is not built yet; fuse serves every workspace";
+const FUSE_REASON_ASKED: &str = "requested";
+
+/// A mounted workspace.
+pub struct Mounted {
+    mount: Mount,
+    mountpoint: PathBuf,
+    engine_reason: String,
+}
+
+/// The registry of the daemon.
+pub struct Daemon {
+    /// The repository.
+    pub repo: Arc<Repo>,
+    mounts: Mutex<HashMap<WorkspaceId, Arc<Mounted>>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    mount_opts: MountOptions,
+}
+
+fn props(mountpoint: &Path, engine_reason: &str) -> serde_json::Value {
+    serde_json::json!({"mountpoint": mountpoint, "engine": "fuse", "engine_reason": engine_reason})
+}
+
+fn mountpoint_of(rec: &WorkspaceRecord) -> Option<PathBuf> {
+    rec.props
+        .get("mountpoint")
+        .and_then(|m| m.as_str())
+        .map(PathBuf::from)
+}
+
+/// True when `path` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|mp| unescape(mp) == want))
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+impl Daemon {
+    /// A registry over `repo`; nothing mounted yet.
+    pub fn new(repo: Arc<Repo>, mount_opts: MountOptions) -> Daemon {
+        Daemon {
+            repo,
+            mounts: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            mount_opts,
+        }
+    }
+
+    fn out(&self, id: WorkspaceId) -> ApiResult<WorkspaceOut> {
+        let rec = self.repo.workspace_record(id)?;
+        let mounted = self.mounts.lock().get(&id).cloned();
+        let (dirty, base, passthrough) = match &mounted {
+            Some(m) => {
+                let ws = m.mount.workspace();
+                (ws.dirty(), ws.base(), m.mount.passthrough())
+            }
+            None => (rec.head.is_some(), rec.base, false),
+        };
+        Ok(WorkspaceOut {
+            id: id.to_string(),
+            mountpoint: mountpoint_of(&rec)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            engine: "fuse".into(),
+            engine_reason: rec
+                .props
+                .get("engine_reason")
+                .and_then(|r| r.as_str())
+                .unwrap_or(FUSE_REASON_AUTO)
+                .to_string(),
+            base: base.map(|b| b.to_string()),
+            dirty,
+            mounted: mounted.is_some(),
+            passthrough,
+        })
+    }
+
+    /// Checks a mountpoint: absolute, an existing empty directory, not in use.
+    fn check_mountpoint(&self, mountpoint: &str) -> ApiResult<PathBuf> {
+        let path = PathBuf::from(mountpoint);
+        if !path.is_absolute() {
+            return Err(ApiError::bad_request(format!(
+                "mountpoint {mountpoint:?} is not an absolute path"
+            )));
+        }
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| ApiError::bad_request(format!("mountpoint {mountpoint:?}: {e}")))?;
+        if !meta.is_dir() {
+            return Err(ApiError::bad_request(format!(
+                "mountpoint {mountpoint:?} is not a directory"
+            )));
+        }
+        let in_use = self.mounts.lock().values().any(|m| m.mountpoint == path);
+        if in_use || is_mounted(&path) {
+            return Err(ApiError::conflict(
+                "conflict",
+                format!("{mountpoint:?} is already a mount point"),
+            ));
+        }
+        let mut entries = std::fs::read_dir(&path)
+            .map_err(|e| ApiError::bad_request(format!("mountpoint {mountpoint:?}: {e}")))?;
+        if entries.next().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "mountpoint {mountpoint:?} is not empty"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Creates a workspace over `from` (or empty) and mounts it.
+    pub fn create(
+        &self,
+        mountpoint: &str,
+        from: Option<SnapshotId>,
+        engine: Option<&str>,
+    ) -> ApiResult<WorkspaceOut> {
+        let reason = match engine.unwrap_or("auto") {
+            "auto" => FUSE_REASON_AUTO,
+            "fuse" => FUSE_REASON_ASKED,
+            "overlay" => {
+                return Err(ApiError::bad_request(
+                    "the overlay engine is not available in this build; use fuse or auto",
+                ));
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown engine {other:?}: fuse, overlay or auto"
+                )));
+            }
+        };
+        let path = self.check_mountpoint(mountpoint)?;
+        let start = Instant::now();
+        let ws = self
+            .repo
+            .create_workspace(from, false, props(&path, reason))?;
+        let id = ws.id();
+        match self.mount(ws, &path, reason) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = self.repo.delete_workspace(id);
+                return Err(e);
+            }
+        }
+        self.metrics.op("fork", start.elapsed());
+        self.out(id)
+    }
+
+    fn mount(&self, ws: Arc<Workspace>, path: &Path, reason: &str) -> ApiResult<()> {
+        let id = ws.id();
+        let mount = Mount::fuse(ws, path, &self.mount_opts)?;
+        self.mounts.lock().insert(
+            id,
+            Arc::new(Mounted {
+                mount,
+                mountpoint: path.to_path_buf(),
+                engine_reason: reason.to_string(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// One workspace.
+    pub fn get(&self, id: WorkspaceId) -> ApiResult<WorkspaceOut> {
+        self.out(id)
+    }
+
+    /// Every workspace.
+    pub fn list(&self) -> ApiResult<Vec<WorkspaceOut>> {
+        self.repo
+            .workspaces()?
+            .into_iter()
+            .map(|r| self.out(r.id))
+            .collect()
+    }
+
+    /// Snapshots a workspace (mounted or not).
+    pub fn snapshot(
+        &self,
+        id: WorkspaceId,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+    ) -> ApiResult<Snapshot> {
+        let start = Instant::now();
+        let mounted = self.mounts.lock().get(&id).cloned();
+        let snap = match mounted {
+            Some(m) => m.mount.snapshot(label, annotations)?,
+            None => self.repo.open_workspace(id)?.snapshot(label, annotations)?,
+        };
+        self.metrics.op("snapshot", start.elapsed());
+        Ok(snap)
+    }
+
+    /// Switches a workspace to another snapshot in place.
+    pub fn checkout(
+        &self,
+        id: WorkspaceId,
+        snap: SnapshotId,
+        discard: bool,
+    ) -> ApiResult<WorkspaceOut> {
+        let start = Instant::now();
+        let mounted = self.mounts.lock().get(&id).cloned();
+        match mounted {
+            Some(m) => m.mount.checkout(snap, discard)?,
+            None => {
+                self.repo.open_workspace(id)?.checkout(snap, discard)?;
+            }
+        }
+        self.metrics.op("checkout", start.elapsed());
+        self.out(id)
+    }
+
+    /// Unmounts and deletes a workspace.
+    pub fn delete(&self, id: WorkspaceId) -> ApiResult<()> {
+        self.repo.workspace_record(id)?;
+        let mounted = self.mounts.lock().remove(&id);
+        if let Some(m) = mounted {
+            match Arc::try_unwrap(m) {
+                Ok(m) => m.mount.unmount()?,
+                Err(m) => drop(m),
+            }
+        }
+        self.repo.delete_workspace(id)?;
+        Ok(())
+    }
+
+    /// Mounts every persisted workspace again (daemon start). A stale FUSE mount left by
+    /// a crashed daemon is detached first. Failures are logged, not fatal.
+    pub fn restore(&self) -> ApiResult<usize> {
+        let mut n = 0;
+        for rec in self.repo.workspaces()? {
+            let Some(path) = mountpoint_of(&rec) else {
+                continue;
+            };
+            if is_mounted(&path) {
+                tracing::warn!(mountpoint = %path.display(), "detaching a stale mount");
+                if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                    tracing::error!(mountpoint = %path.display(), error = %e, "could not detach");
+                    continue;
+                }
+            }
+            let reason = rec
+                .props
+                .get("engine_reason")
+                .and_then(|r| r.as_str())
+                .unwrap_or(FUSE_REASON_AUTO)
+                .to_string();
+            let result = self
+                .repo
+                .open_workspace(rec.id)
+                .map_err(ApiError::from)
+                .and_then(|ws| self.mount(ws, &path, &reason));
+            match result {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::error!(workspace = %rec.id, mountpoint = %path.display(), error = %e.message, "could not mount again")
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Saves every workspace's uncommitted changes and unmounts everything (shutdown).
+    pub fn shutdown(&self) {
+        let mounts: Vec<(WorkspaceId, Arc<Mounted>)> = self.mounts.lock().drain().collect();
+        for (id, m) in mounts {
+            if let Err(e) = m.mount.workspace().save() {
+                tracing::error!(workspace = %id, error = %e, "could not save uncommitted changes");
+            }
+            match Arc::try_unwrap(m) {
+                Ok(m) => {
+                    if let Err(e) = m.mount.unmount() {
+                        tracing::error!(workspace = %id, error = %e, "unmount failed");
+                    }
+                }
+                Err(m) => drop(m),
+            }
+        }
+        if let Err(e) = self.repo.close() {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+
+    /// Number of mounted workspaces.
+    pub fn mounted(&self) -> usize {
+        self.mounts.lock().len()
+    }
+
+    /// The mountpoint and reason of a mounted workspace (for logs).
+    pub fn describe(&self, id: WorkspaceId) -> Option<(PathBuf, String)> {
+        self.mounts
+            .lock()
+            .get(&id)
+            .map(|m| (m.mountpoint.clone(), m.engine_reason.clone()))
+    }
+}

@@ -1,0 +1,263 @@
+//! The API through raw HTTP: bad input gets a 4xx with `{"error": {"code", "message"}}`
+//! and changes nothing; the socket is private; /metrics speaks Prometheus.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use super::Daemon;
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let d = Daemon::start();
+    let src = d.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("f"), "x").expect("write");
+    let (st, snap) = d.http(
+        "POST",
+        "/v1/snapshots/import",
+        Some(&format!("{{\"path\": {:?}}}", src)),
+    );
+    assert_eq!(st, 201, "{snap}");
+    let sid = snap["id"].as_str().expect("id").to_string();
+    let mp = d.path("mp");
+    fs::create_dir(&mp).expect("mkdir");
+    let (st, ws) = d.http(
+        "POST",
+        "/v1/workspaces",
+        Some(&format!("{{\"mountpoint\": {mp:?}, \"from\": \"{sid}\"}}")),
+    );
+    assert_eq!(st, 201, "{ws}");
+    let wid = ws["id"].as_str().expect("id").to_string();
+    fs::write(mp.join("dirty"), "uncommitted").expect("write");
+
+    let file = d.path("a-file");
+    fs::write(&file, "").expect("write");
+    let full = d.path("full");
+    fs::create_dir(&full).expect("mkdir");
+    fs::write(full.join("x"), "").expect("write");
+    let big = format!("{{\"path\": \"{}\"}}", "a".repeat(2 << 20));
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some("{not json".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(format!("{{\"mountpoint\": {mp:?}, \"bogus\": 1}}")),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some("{\"mountpoint\": \"relative/path\"}".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(format!("{{\"mountpoint\": {:?}}}", d.path("missing"))),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(format!("{{\"mountpoint\": {file:?}}}")),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(format!("{{\"mountpoint\": {full:?}}}")),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(format!("{{\"mountpoint\": {mp:?}}}")),
+            409,
+            "conflict",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(format!(
+                "{{\"mountpoint\": {:?}, \"from\": \"s999\"}}",
+                d.path("mp2")
+            )),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import".into(),
+            Some(format!("{{\"path\": {:?}}}", d.path("nope"))),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import".into(),
+            Some("{\"path\": \"rel\"}".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            format!("/v1/snapshots/{sid}/export"),
+            Some(format!("{{\"path\": {full:?}}}")),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import".into(),
+            Some(big),
+            413,
+            "too_large",
+        ),
+        ("GET", "/v1/snapshots/s999".into(), None, 404, "not_found"),
+        (
+            "GET",
+            "/v1/snapshots/banana".into(),
+            None,
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/workspaces/w999".into(), None, 404, "not_found"),
+        (
+            "DELETE",
+            "/v1/workspaces/w999".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            format!("/v1/snapshots/{sid}/diff/s999"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/v1/workspaces/{wid}/checkout"),
+            Some(format!("{{\"snapshot\": \"{sid}\"}}")),
+            409,
+            "dirty",
+        ),
+        (
+            "POST",
+            format!("/v1/workspaces/{wid}/checkout"),
+            Some("{\"snapshot\": \"s999\", \"discard\": true}".into()),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            format!("/v1/snapshots/{sid}"),
+            None,
+            409,
+            "in_use",
+        ),
+        ("GET", "/v1/nothing-here".into(), None, 404, "not_found"),
+    ];
+    let before = d.http("GET", "/v1/stats", None).1;
+    for (method, path, body, status, code) in &cases {
+        let (st, v) = d.http(method, path, body.as_deref());
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (*status, Some(*code)),
+            "{method} {path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+    let after = d.http("GET", "/v1/stats", None).1;
+    assert_eq!(before["snapshots"], after["snapshots"]);
+    assert_eq!(before["workspaces"], after["workspaces"]);
+    assert_eq!(
+        fs::read_to_string(mp.join("dirty")).expect("read"),
+        "uncommitted",
+        "a refused checkout changes nothing"
+    );
+    assert!(
+        fs::read_dir(&full).expect("read").count() == 1,
+        "export left the target alone"
+    );
+    // The daemon is still healthy after all that.
+    assert_eq!(d.http("GET", "/v1/health", None).0, 200);
+}
+
+#[test]
+fn socket_is_private_and_peers_are_checked() {
+    let d = Daemon::start();
+    let mode = fs::metadata(&d.socket).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                super::BIN,
+                "--socket",
+            ])
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .expect("setpriv")
+    };
+    // The directory must be traversable for the test; the socket mode still refuses.
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = as_nobody(&["stats"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Even with a world-writable socket, the peer-credential check refuses other users.
+    fs::set_permissions(&d.socket, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = as_nobody(&["stats"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let d = Daemon::start();
+    let mp = d.path("m");
+    d.json(&["mount", mp.to_str().expect("utf8")]);
+    fs::write(mp.join("f"), "x").expect("write");
+    d.json(&["snapshot", mp.to_str().expect("utf8")]);
+    let (st, text) = d.http("GET", "/metrics", None);
+    assert_eq!(st, 200);
+    let text = text.as_str().expect("text").to_string();
+    assert!(
+        text.contains("helios_operation_duration_seconds_count{op=\"snapshot\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("helios_operation_duration_seconds_count{op=\"fork\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("helios_workspaces_mounted 1"), "{text}");
+    assert!(text.contains("helios_http_requests_total{method=\"POST\",route=\"/v1/workspaces/{id}/snapshot\",status=\"201\"} 1"), "{text}");
+}
