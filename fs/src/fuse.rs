@@ -55,8 +55,14 @@ struct Backing {
     write: bool,
 }
 
+/// Negative entries the kernel may cache at most; past this, misses are not cached.
+const NEGATIVE_MAX: usize = 65_536;
+
 pub(crate) struct Inner {
     pub(crate) ws: Arc<Workspace>,
+    /// Names the kernel was told do not exist (and may cache as negative dentries): a
+    /// checkout must invalidate them, since the new tree may have them.
+    negative: Mutex<std::collections::HashSet<(Ino, OsString)>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     backings: Mutex<HashMap<Ino, Backing>>,
     next_fh: AtomicU64,
@@ -70,6 +76,7 @@ impl Inner {
         let state_dir = ws.state_dir().to_path_buf();
         Inner {
             ws,
+            negative: Mutex::new(std::collections::HashSet::new()),
             handles: Mutex::new(HashMap::new()),
             backings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -77,6 +84,11 @@ impl Inner {
             want_passthrough,
             state_dir,
         }
+    }
+
+    /// Takes the negative entries handed out so far (to invalidate them).
+    pub(crate) fn take_negative(&self) -> Vec<(Ino, OsString)> {
+        self.negative.lock().drain().collect()
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -271,6 +283,20 @@ pub(crate) fn attr(s: &Stat) -> FileAttr {
 
 const GEN: Generation = Generation(0);
 
+/// Attributes sent with a negative entry (the kernel ignores them).
+const NEGATIVE_STAT: Stat = Stat {
+    ino: Ino(0),
+    kind: Kind::File,
+    size: 0,
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    nlink: 0,
+    atime: 0,
+    mtime: 0,
+    ctime: 0,
+};
+
 impl Filesystem for HeliosFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let caps = config.capabilities();
@@ -307,6 +333,20 @@ impl Filesystem for HeliosFs {
         });
         match result {
             Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+            Err(e) if e == Errno::ENOENT => {
+                // A negative entry (node id 0) spares the kernel asking again; it is
+                // remembered so that a checkout can invalidate it.
+                let mut neg = self.0.negative.lock();
+                if neg.len() < NEGATIVE_MAX {
+                    neg.insert((ino(parent), n.to_os_string()));
+                    drop(neg);
+                    let mut a = attr(&NEGATIVE_STAT);
+                    a.ino = INodeNo(0);
+                    reply.entry(&TTL, &a, GEN)
+                } else {
+                    reply.error(e)
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -667,7 +707,12 @@ impl Filesystem for HeliosFs {
         match self.dir_entries(ino(i)) {
             Ok(entries) => {
                 let fh = self.0.add_handle(Handle::Dir { entries });
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // The kernel may cache listings: it drops them itself when an operation
+                // through this mount changes the directory, and a checkout invalidates.
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                );
             }
             Err(e) => reply.error(e),
         }

@@ -145,6 +145,9 @@ impl Mount {
             self.inner.flush_writers()?;
         }
         let inv = self.inner.ws.checkout(id, discard)?;
+        for (parent, name) in self.inner.take_negative() {
+            let _ = self.notifier.inval_entry(INodeNo(parent.0), &name);
+        }
         for (parent, name) in &inv.entries {
             // ENOENT: the kernel already forgot it; nothing to invalidate.
             let _ = self
