@@ -160,7 +160,12 @@ impl Inner {
             self.ws.note_write(ino).map_err(|e| errno("open", &e))?;
         }
         self.ws.open(ino).map_err(|e| errno("open", &e))?;
-        let mut fopen = FopenFlags::empty();
+        // A read-only handle has nothing to flush at close: spare the round trip.
+        let mut fopen = if write {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
+        };
         let mut backing = None;
         if self.passthrough.load(Ordering::Relaxed) {
             let mut backings = self.backings.lock();

@@ -26,6 +26,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// State shared by the repo and its workspaces.
 pub(crate) struct Shared {
     pub(crate) store: Store,
+    /// Decoded directory nodes, so loads and commits do not decode the same node again.
+    nodes: quick_cache::sync::Cache<Hash, Arc<DirNode>, NodeWeight>,
     pub(crate) dir: PathBuf,
     /// Commits hold it shared; gc holds it exclusively, so it never sweeps objects that
     /// a commit in flight has staged but not yet referenced.
@@ -34,7 +36,29 @@ pub(crate) struct Shared {
     next_workspace: AtomicU64,
 }
 
+#[derive(Clone)]
+struct NodeWeight;
+
+impl quick_cache::Weighter<Hash, Arc<DirNode>> for NodeWeight {
+    fn weight(&self, _: &Hash, v: &Arc<DirNode>) -> u64 {
+        64 + v.entries.len() as u64 * 112
+    }
+}
+
+/// Byte budget of the decoded-node cache.
+const NODE_CACHE_BYTES: u64 = 64 << 20;
+
 impl Shared {
+    /// A directory node, decoded once and cached.
+    pub(crate) fn node(&self, hash: &Hash) -> Result<Arc<DirNode>> {
+        if let Some(n) = self.nodes.get(hash) {
+            return Ok(n);
+        }
+        let n = Arc::new(DirNode::load(&self.store, hash)?);
+        self.nodes.insert(*hash, n.clone());
+        Ok(n)
+    }
+
     pub(crate) fn workspace_dir(&self, id: WorkspaceId) -> PathBuf {
         self.dir.join("workspaces").join(id.to_string())
     }
@@ -188,6 +212,7 @@ impl Repo {
         })?;
         let shared = Arc::new(Shared {
             store,
+            nodes: quick_cache::sync::Cache::with_weighter(16_384, NODE_CACHE_BYTES, NodeWeight),
             dir: dir.to_path_buf(),
             gc_lock: RwLock::new(()),
             next_snapshot: AtomicU64::new(next_snapshot),

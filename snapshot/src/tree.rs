@@ -109,6 +109,159 @@ impl EntryKind {
     }
 }
 
+/// A borrowed view of a directory entry, for encoding without copying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryRef<'a> {
+    /// A regular file.
+    File {
+        /// Attributes.
+        attrs: &'a Attrs,
+        /// Content.
+        content: Content,
+    },
+    /// A directory.
+    Dir(TreeRef),
+    /// A symbolic link.
+    Symlink {
+        /// Attributes.
+        attrs: &'a Attrs,
+        /// Target.
+        target: &'a [u8],
+    },
+    /// A named pipe.
+    Fifo {
+        /// Attributes.
+        attrs: &'a Attrs,
+    },
+}
+
+impl EntryKind {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        match self {
+            EntryKind::File { attrs, content } => EntryRef::File {
+                attrs,
+                content: *content,
+            },
+            EntryKind::Dir { node, fp, bytes } => EntryRef::Dir(TreeRef {
+                node: *node,
+                fp: *fp,
+                bytes: *bytes,
+            }),
+            EntryKind::Symlink { attrs, target } => EntryRef::Symlink { attrs, target },
+            EntryKind::Fifo { attrs } => EntryRef::Fifo { attrs },
+        }
+    }
+}
+
+impl EntryRef<'_> {
+    /// File bytes this entry accounts for.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            EntryRef::File { content, .. } => content.size,
+            EntryRef::Dir(t) => t.bytes,
+            _ => 0,
+        }
+    }
+
+    /// Equal for the fingerprint: everything but mtimes (directories: by fingerprint).
+    pub fn same_content(&self, other: &EntryRef<'_>) -> bool {
+        fn attrs_eq(a: &Attrs, b: &Attrs) -> bool {
+            a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.xattrs == b.xattrs
+        }
+        match (self, other) {
+            (
+                EntryRef::File {
+                    attrs: a,
+                    content: ca,
+                },
+                EntryRef::File {
+                    attrs: b,
+                    content: cb,
+                },
+            ) => ca == cb && attrs_eq(a, b),
+            (EntryRef::Dir(a), EntryRef::Dir(b)) => a.fp == b.fp,
+            (
+                EntryRef::Symlink {
+                    attrs: a,
+                    target: ta,
+                },
+                EntryRef::Symlink {
+                    attrs: b,
+                    target: tb,
+                },
+            ) => ta == tb && attrs_eq(a, b),
+            (EntryRef::Fifo { attrs: a }, EntryRef::Fifo { attrs: b }) => attrs_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Encodes a directory from borrowed entries (strictly sorted by name) and computes its
+/// storage hash and fingerprint.
+pub fn encode_dir(attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) -> (Vec<u8>, TreeRef) {
+    let mut out = Vec::with_capacity(64 + entries.len() * 96);
+    let mut fp = blake3::Hasher::new();
+    out.extend_from_slice(DIR_MAGIC);
+    fp.update(FP_MAGIC);
+    put_attrs(&mut out, attrs, true);
+    let mut scratch = Vec::with_capacity(128);
+    put_attrs(&mut scratch, attrs, false);
+    fp.update(&scratch);
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    let mut bytes = 0u64;
+    for (name, kind) in entries {
+        bytes = bytes.saturating_add(kind.bytes());
+        scratch.clear();
+        scratch.push(name.as_bytes().len() as u8);
+        scratch.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&scratch);
+        fp.update(&scratch);
+        scratch.clear();
+        match kind {
+            EntryRef::File { attrs, content } => {
+                out.push(KIND_FILE);
+                scratch.push(KIND_FILE);
+                put_attrs(&mut out, attrs, true);
+                put_attrs(&mut scratch, attrs, false);
+                for buf in [&mut out, &mut scratch] {
+                    buf.extend_from_slice(&content.size.to_be_bytes());
+                    buf.extend_from_slice(content.hash.as_bytes());
+                    buf.push(content.chunked as u8);
+                }
+            }
+            EntryRef::Dir(t) => {
+                out.push(KIND_DIR);
+                out.extend_from_slice(t.node.as_bytes());
+                out.extend_from_slice(t.fp.as_bytes());
+                out.extend_from_slice(&t.bytes.to_be_bytes());
+                scratch.push(KIND_DIR);
+                scratch.extend_from_slice(t.fp.as_bytes());
+            }
+            EntryRef::Symlink { attrs, target } => {
+                out.push(KIND_SYMLINK);
+                scratch.push(KIND_SYMLINK);
+                put_attrs(&mut out, attrs, true);
+                put_attrs(&mut scratch, attrs, false);
+                for buf in [&mut out, &mut scratch] {
+                    buf.extend_from_slice(&(target.len() as u16).to_be_bytes());
+                    buf.extend_from_slice(target);
+                }
+            }
+            EntryRef::Fifo { attrs } => {
+                out.push(KIND_FIFO);
+                scratch.push(KIND_FIFO);
+                put_attrs(&mut out, attrs, true);
+                put_attrs(&mut scratch, attrs, false);
+            }
+        }
+        fp.update(&scratch);
+    }
+    let node = Hash::of(&out);
+    let fp = Hash(*fp.finalize().as_bytes());
+    (out, TreeRef { node, fp, bytes })
+}
+
 /// An immutable directory node.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct DirNode {
@@ -140,70 +293,9 @@ impl DirNode {
 
     /// Encodes the node and computes both hashes.
     pub fn encode(&self) -> (Vec<u8>, TreeRef) {
-        let mut out = Vec::with_capacity(64 + self.entries.len() * 96);
-        let mut fp = blake3::Hasher::new();
-        out.extend_from_slice(DIR_MAGIC);
-        fp.update(FP_MAGIC);
-        put_attrs(&mut out, &self.attrs, true);
-        let mut scratch = Vec::with_capacity(128);
-        put_attrs(&mut scratch, &self.attrs, false);
-        fp.update(&scratch);
-        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
-        let mut bytes = 0u64;
-        for (name, kind) in &self.entries {
-            bytes = bytes.saturating_add(kind.bytes());
-            scratch.clear();
-            scratch.push(name.as_bytes().len() as u8);
-            scratch.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&scratch);
-            fp.update(&scratch);
-            scratch.clear();
-            match kind {
-                EntryKind::File { attrs, content } => {
-                    out.push(KIND_FILE);
-                    scratch.push(KIND_FILE);
-                    put_attrs(&mut out, attrs, true);
-                    put_attrs(&mut scratch, attrs, false);
-                    for buf in [&mut out, &mut scratch] {
-                        buf.extend_from_slice(&content.size.to_be_bytes());
-                        buf.extend_from_slice(content.hash.as_bytes());
-                        buf.push(content.chunked as u8);
-                    }
-                }
-                EntryKind::Dir {
-                    node,
-                    fp: child_fp,
-                    bytes: child_bytes,
-                } => {
-                    out.push(KIND_DIR);
-                    out.extend_from_slice(node.as_bytes());
-                    out.extend_from_slice(child_fp.as_bytes());
-                    out.extend_from_slice(&child_bytes.to_be_bytes());
-                    scratch.push(KIND_DIR);
-                    scratch.extend_from_slice(child_fp.as_bytes());
-                }
-                EntryKind::Symlink { attrs, target } => {
-                    out.push(KIND_SYMLINK);
-                    scratch.push(KIND_SYMLINK);
-                    put_attrs(&mut out, attrs, true);
-                    put_attrs(&mut scratch, attrs, false);
-                    for buf in [&mut out, &mut scratch] {
-                        buf.extend_from_slice(&(target.len() as u16).to_be_bytes());
-                        buf.extend_from_slice(target);
-                    }
-                }
-                EntryKind::Fifo { attrs } => {
-                    out.push(KIND_FIFO);
-                    scratch.push(KIND_FIFO);
-                    put_attrs(&mut out, attrs, true);
-                    put_attrs(&mut scratch, attrs, false);
-                }
-            }
-            fp.update(&scratch);
-        }
-        let node = Hash::of(&out);
-        let fp = Hash(*fp.finalize().as_bytes());
-        (out, TreeRef { node, fp, bytes })
+        let refs: Vec<(&Name, EntryRef<'_>)> =
+            self.entries.iter().map(|(n, k)| (n, k.as_ref())).collect();
+        encode_dir(&self.attrs, &refs)
     }
 
     /// Decodes a node read from the store; `hash` names it in errors.
@@ -269,8 +361,7 @@ impl DirNode {
     /// Stores the node and returns its reference.
     pub fn store(&self, w: &mut ObjectWriter<'_>) -> Result<TreeRef> {
         let (bytes, tref) = self.encode();
-        let h = w.put(&bytes)?;
-        debug_assert_eq!(h, tref.node);
+        w.put_hashed(tref.node, &bytes)?;
         Ok(tref)
     }
 
@@ -342,6 +433,20 @@ impl<'a> Reader<'a> {
     fn hash(&mut self) -> Result<Hash> {
         Hash::from_slice(self.take(32)?)
     }
+    fn skip_attrs(&mut self) -> Result<()> {
+        self.take(12 + 8)?;
+        self.skip_xattrs()
+    }
+    fn skip_xattrs(&mut self) -> Result<()> {
+        let n = self.u16()? as usize;
+        for _ in 0..n {
+            let kl = self.u8()? as usize;
+            self.take(kl)?;
+            let vl = self.u32()? as usize;
+            self.take(vl)?;
+        }
+        Ok(())
+    }
     fn attrs(&mut self) -> Result<Attrs> {
         let mode = self.u32()?;
         let uid = self.u32()?;
@@ -364,6 +469,102 @@ impl<'a> Reader<'a> {
             xattrs,
         })
     }
+}
+
+/// One entry of an encoded directory node, borrowed from its bytes, with the parts that
+/// enter the fingerprint split around the mtime.
+struct RawEntry<'a> {
+    name: &'a [u8],
+    kind: u8,
+    /// Content bytes before the mtime (mode, uid, gid) or, for directories, the fp.
+    head: &'a [u8],
+    /// Content bytes after the mtime (xattrs, size, hash, target).
+    tail: &'a [u8],
+}
+
+/// Iterates the entries of an encoded directory node without allocating.
+fn raw_entries<'a>(hash: &Hash, bytes: &'a [u8]) -> Result<Vec<RawEntry<'a>>> {
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        hash: *hash,
+    };
+    if r.take(4)? != DIR_MAGIC {
+        return Err(r.corrupt("not a directory node"));
+    }
+    r.skip_attrs()?;
+    let count = r.u32()? as usize;
+    let mut out = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let len = r.u8()? as usize;
+        let name = r.take(len)?;
+        let kind = r.u8()?;
+        let (head, tail) = match kind {
+            KIND_DIR => {
+                r.take(32)?;
+                let fp = r.take(32)?;
+                r.take(8)?;
+                (fp, &[][..])
+            }
+            KIND_FILE | KIND_SYMLINK | KIND_FIFO => {
+                let head = r.take(12)?;
+                r.take(8)?;
+                let start = r.pos;
+                r.skip_xattrs()?;
+                match kind {
+                    KIND_FILE => {
+                        r.take(8 + 32 + 1)?;
+                    }
+                    KIND_SYMLINK => {
+                        let n = r.u16()? as usize;
+                        r.take(n)?;
+                    }
+                    _ => {}
+                }
+                (head, &bytes[start..r.pos])
+            }
+            other => return Err(r.corrupt(&format!("unknown entry kind {other}"))),
+        };
+        out.push(RawEntry {
+            name,
+            kind,
+            head,
+            tail,
+        });
+    }
+    Ok(out)
+}
+
+/// Paths added, removed or changed (mtimes aside) between two encodings of a directory;
+/// subdirectories present in both count only their own changes (not counted here).
+pub fn count_changes(old_hash: &Hash, old: &[u8], new_hash: &Hash, new: &[u8]) -> Result<u64> {
+    let a = raw_entries(old_hash, old)?;
+    let b = raw_entries(new_hash, new)?;
+    let (mut i, mut j, mut n) = (0, 0, 0u64);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.name == y.name => {
+                let same = x.kind == y.kind
+                    && (x.kind == KIND_DIR || (x.head == y.head && x.tail == y.tail));
+                n += u64::from(!same);
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.name < y.name => {
+                n += 1;
+                i += 1;
+            }
+            (Some(_), None) => {
+                n += 1;
+                i += 1;
+            }
+            _ => {
+                n += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Stores a file's bytes from `reader`: one chunk when small, FastCDC chunks and a chunk
@@ -528,6 +729,31 @@ mod tests {
         let mut c = sample(1);
         c.attrs.mode = 0o755;
         assert_ne!(c.encode().1.fp, a.fp);
+    }
+
+    #[test]
+    fn count_changes_ignores_mtimes_and_counts_each_kind_of_change() {
+        let a = sample(1);
+        let mut b = sample(2);
+        let (ea, ra) = a.encode();
+        let (eb, rb) = b.encode();
+        assert_eq!(
+            count_changes(&ra.node, &ea, &rb.node, &eb).expect("count"),
+            0
+        );
+        b.entries.remove(1);
+        if let EntryKind::File { content, .. } = &mut b.entries[0].1 {
+            content.size = 9;
+        }
+        b.entries.push((
+            Name::new(b"d").expect("name"),
+            EntryKind::Fifo { attrs: attrs(0) },
+        ));
+        let (eb, rb) = b.encode();
+        assert_eq!(
+            count_changes(&ra.node, &ea, &rb.node, &eb).expect("count"),
+            3
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   `parents` holds one entry per name that links to it;
 //! - inode numbers are never reused within a workspace's lifetime.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -32,7 +34,7 @@ use crate::name::Name;
 use crate::repo::Shared;
 use crate::snapshot::{self, Metrics, Snapshot};
 use crate::store::{Batch, Cf, Durability, ObjectWriter};
-use crate::tree::{self, Attrs, Content, DirNode, EntryKind, Nanos, TARGET_MAX, TreeRef};
+use crate::tree::{self, Attrs, Content, EntryKind, EntryRef, Nanos, TARGET_MAX, TreeRef};
 
 /// The largest extended attribute value accepted (Linux XATTR_SIZE_MAX).
 pub const XATTR_VALUE_MAX: usize = 64 << 10;
@@ -231,7 +233,8 @@ struct State {
     base: Option<SnapshotId>,
     base_root: Hash,
     props: serde_json::Value,
-    inodes: HashMap<Ino, Inode>,
+    /// Inode numbers are small sequential integers: a fast non-cryptographic hash fits.
+    inodes: FxHashMap<Ino, Inode>,
     next_ino: u64,
     next_file: u64,
     generation: u64,
@@ -287,7 +290,7 @@ impl Workspace {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("clear {}", data.display()), e)),
         }
-        let mut inodes = HashMap::new();
+        let mut inodes = FxHashMap::default();
         inodes.insert(Ino::ROOT, dir_inode(start, None, 0));
         Ok(Workspace {
             shared,
@@ -1339,12 +1342,13 @@ impl State {
             Node::Dir { .. } => return Ok(()),
             _ => return Err(Error::NotADirectory(ino.to_string())),
         };
-        let node = DirNode::load(&shared.store, &tref.node)?;
+        let node = shared.node(&tref.node)?;
         let generation = self.generation;
         let mut prev = prev.unwrap_or_default();
         let mut entries = BTreeMap::new();
         let mut subdirs = 0;
-        for (name, kind) in node.entries {
+        for (name, kind) in node.entries.iter() {
+            let (name, kind) = (name.clone(), kind.clone());
             let mut reuse = prev.remove(&name);
             if let Some(old) = reuse.filter(|old| !self.reusable(*old, &kind)) {
                 self.orphan(old, ino);
@@ -1369,7 +1373,7 @@ impl State {
             self.orphan(old, ino);
         }
         let i = self.inode_mut(ino)?;
-        i.attrs = node.attrs;
+        i.attrs = node.attrs.clone();
         i.atime = i.attrs.mtime;
         i.ctime = i.attrs.mtime;
         i.node = Node::Dir {
@@ -1770,7 +1774,7 @@ impl State {
         changed: &mut u64,
         cleaned: &mut Vec<Ino>,
     ) -> Result<TreeRef> {
-        let (entries, base) = match &self.inode(ino)?.node {
+        let (pending, base) = match &self.inode(ino)?.node {
             Node::Dir {
                 state: DirState::Unloaded(t),
                 ..
@@ -1782,48 +1786,40 @@ impl State {
             Node::Dir {
                 state: DirState::Loaded { entries, base, .. },
                 ..
-            } => (entries.clone(), *base),
+            } => {
+                let pending: Vec<Ino> = entries
+                    .values()
+                    .copied()
+                    .filter(|c| self.needs_commit(*c))
+                    .collect();
+                (pending, *base)
+            }
             _ => return Err(Error::NotADirectory(ino.to_string())),
         };
-        let mut node = DirNode {
-            attrs: self.inode(ino)?.attrs.clone(),
-            entries: Vec::with_capacity(entries.len()),
-        };
-        for (name, child) in entries {
-            let kind = match self.inode(child)?.kind() {
-                Kind::Dir => {
-                    let t = self.commit_dir(ws, child, w, changed, cleaned)?;
-                    EntryKind::Dir {
-                        node: t.node,
-                        fp: t.fp,
-                        bytes: t.bytes,
-                    }
-                }
-                Kind::File => {
-                    let content = self.commit_file(ws, child, w, cleaned)?;
-                    EntryKind::File {
-                        attrs: self.inode(child)?.attrs.clone(),
-                        content,
-                    }
-                }
-                Kind::Symlink => {
-                    let i = self.inode(child)?;
-                    let Node::Symlink(target) = &i.node else {
-                        unreachable!()
-                    };
-                    EntryKind::Symlink {
-                        attrs: i.attrs.clone(),
-                        target: target.clone(),
-                    }
-                }
-                Kind::Fifo => EntryKind::Fifo {
-                    attrs: self.inode(child)?.attrs.clone(),
-                },
-            };
-            node.entries.push((name, kind));
+        // Children first: dirty subdirectories and written files.
+        for child in pending {
+            if self.inode(child)?.kind() == Kind::Dir {
+                self.commit_dir(ws, child, w, changed, cleaned)?;
+            } else {
+                self.commit_file(ws, child, w, cleaned)?;
+            }
         }
-        *changed += count_changes(&ws.shared, base, &node)?;
-        let tref = node.store(w)?;
+        // Then encode from borrowed entries: no copies of names or attributes.
+        let (bytes, tref) = {
+            let i = self.inode(ino)?;
+            let entries = self.entries(ino)?;
+            let mut refs = Vec::with_capacity(entries.len());
+            for (name, child) in entries {
+                refs.push((name, self.entry_ref(*child)?));
+            }
+            let (bytes, tref) = tree::encode_dir(&i.attrs, &refs);
+            *changed += match base {
+                Some(h) => tree::count_changes(&h, &ws.shared.store.get(&h)?, &tref.node, &bytes)?,
+                None => refs.len() as u64,
+            };
+            (bytes, tref)
+        };
+        w.put_hashed(tref.node, &bytes)?;
         if let Node::Dir {
             state: DirState::Loaded { clean, base, .. },
             ..
@@ -1834,6 +1830,50 @@ impl State {
         }
         cleaned.push(ino);
         Ok(tref)
+    }
+
+    /// True for a dirty directory or a file written since its last commit.
+    fn needs_commit(&self, ino: Ino) -> bool {
+        matches!(
+            self.inodes.get(&ino).map(|i| &i.node),
+            Some(Node::Dir {
+                state: DirState::Loaded { clean: None, .. },
+                ..
+            }) | Some(Node::File(FileData::Owned {
+                committed: None,
+                ..
+            }))
+        )
+    }
+
+    /// The committed form of a child, borrowed (children are committed first).
+    fn entry_ref(&self, ino: Ino) -> Result<EntryRef<'_>> {
+        let i = self.inode(ino)?;
+        let uncommitted = || Error::InvalidArgument(format!("{ino} is not committed"));
+        Ok(match &i.node {
+            Node::Dir {
+                state: DirState::Unloaded(t),
+                ..
+            }
+            | Node::Dir {
+                state: DirState::Loaded { clean: Some(t), .. },
+                ..
+            } => EntryRef::Dir(*t),
+            Node::Dir { .. } => return Err(uncommitted()),
+            Node::File(FileData::Clean(c))
+            | Node::File(FileData::Owned {
+                committed: Some(c), ..
+            }) => EntryRef::File {
+                attrs: &i.attrs,
+                content: *c,
+            },
+            Node::File(_) => return Err(uncommitted()),
+            Node::Symlink(target) => EntryRef::Symlink {
+                attrs: &i.attrs,
+                target,
+            },
+            Node::Fifo => EntryRef::Fifo { attrs: &i.attrs },
+        })
     }
 
     fn commit_file(
@@ -1857,7 +1897,7 @@ impl State {
             .metadata()
             .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
         self.inode_mut(ino)?.attrs.mtime = file_mtime(&meta);
-        let content = tree::store_file(w, std::io::BufReader::with_capacity(64 << 10, f))?;
+        let content = tree::store_file(w, f)?;
         if let Node::File(FileData::Owned {
             committed, size, ..
         }) = &mut self.inode_mut(ino)?.node
@@ -1898,55 +1938,6 @@ impl Workspace {
             }
         }
     }
-}
-
-/// Entries added, removed or changed (non-directory kinds) between the node a directory
-/// was loaded from and its new encoding. Subdirectories count their own changes.
-fn count_changes(shared: &Shared, base: Option<Hash>, new: &DirNode) -> Result<u64> {
-    let old = match base {
-        Some(h) => DirNode::load(&shared.store, &h)?,
-        None => return Ok(new.entries.len() as u64),
-    };
-    let mut n = 0;
-    let mut oi = old.entries.iter().peekable();
-    for (name, kind) in &new.entries {
-        while let Some((on, _)) = oi.peek() {
-            if on < name {
-                n += 1;
-                oi.next();
-            } else {
-                break;
-            }
-        }
-        match oi.peek() {
-            Some((on, ok)) if on == name => {
-                let differs = match (ok, kind) {
-                    (EntryKind::Dir { .. }, EntryKind::Dir { .. }) => false,
-                    (a, b) => !same_content(a, b),
-                };
-                n += differs as u64;
-                oi.next();
-            }
-            _ => n += 1,
-        }
-    }
-    n += oi.count() as u64;
-    Ok(n)
-}
-
-/// Equal for the fingerprint: everything but mtimes.
-fn same_content(a: &EntryKind, b: &EntryKind) -> bool {
-    fn strip(k: &EntryKind) -> EntryKind {
-        let mut k = k.clone();
-        match &mut k {
-            EntryKind::File { attrs, .. }
-            | EntryKind::Symlink { attrs, .. }
-            | EntryKind::Fifo { attrs } => attrs.mtime = 0,
-            EntryKind::Dir { node, .. } => *node = Hash::default(),
-        }
-        k
-    }
-    strip(a) == strip(b)
 }
 
 fn inode_from_entry(kind: EntryKind, parent: Ino, name: &Name, generation: u64) -> Inode {

@@ -231,7 +231,12 @@ pub struct ObjectWriter<'a> {
 impl ObjectWriter<'_> {
     /// Stores `bytes` (if not already stored) and returns its hash.
     pub fn put(&mut self, bytes: &[u8]) -> Result<Hash> {
-        let hash = Hash::of(bytes);
+        self.put_hashed(Hash::of(bytes), bytes)
+    }
+
+    /// Like `put`, for a caller that has just computed `hash` of `bytes`.
+    pub fn put_hashed(&mut self, hash: Hash, bytes: &[u8]) -> Result<Hash> {
+        debug_assert_eq!(hash, Hash::of(bytes));
         if self.staged.contains(&hash) || self.store.contains(&hash)? {
             return Ok(hash);
         }
