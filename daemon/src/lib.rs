@@ -105,6 +105,19 @@ fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, StartErr
     Ok(listener)
 }
 
+/// Pins glibc's mmap threshold. Every FUSE session thread allocates a 16 MiB zeroed
+/// request buffer; with glibc's default dynamic threshold, once one such buffer is freed
+/// later ones come from the heap and calloc touches every page (measured: 5.7 GB RSS with
+/// 289 mounts). Served by mmap, the untouched pages cost nothing.
+#[allow(unsafe_code)]
+fn pin_mmap_threshold() {
+    // SAFETY: mallopt only changes allocator tuning; called once at start-up, before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 /// Raises the open-file limit to its hard maximum: every mount and open file costs fds.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -117,6 +130,7 @@ fn raise_fd_limit() {
 /// the persisted workspaces again, serves the socket; at the signal, stops accepting,
 /// finishes requests in flight, saves and unmounts every workspace, flushes the store.
 pub fn serve(config: Config) -> Result<(), StartError> {
+    pin_mmap_threshold();
     raise_fd_limit();
     let _lock = lock_state_dir(&config.state_dir)?;
     let repo = Arc::new(Repo::open(&config.state_dir)?);

@@ -1,0 +1,242 @@
+//! Latency of snapshot, fork and checkout through the daemon's socket (p50/p99), the
+//! throughput of 32 concurrent clients, and 256 mounted workspaces at once.
+//! Run: `scripts/bench api`. The daemon's state lives in `HELIOS_BENCH_DIR` (default
+//! `/var/tmp`, a real disk: snapshots are synced). `cargo test` runs it in a quick mode.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_helios");
+
+/// One request on a fresh connection, as a controller would send it.
+fn http(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: helios\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("receive");
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+fn field(json: &str, key: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).expect("json");
+    v[key].as_str().expect("field").to_string()
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let base = std::env::var_os("HELIOS_BENCH_DIR")
+            .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        let dir = tempfile::tempdir_in(base).expect("tempdir");
+        let socket = dir.path().join("helios.sock");
+        let child = Command::new(BIN)
+            .args(["serve", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        for _ in 0..500 {
+            if UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon { child, socket, dir }
+    }
+
+    fn mount(&self, name: &str, from: Option<&str>) -> (String, PathBuf) {
+        let mp = self.dir.path().join(name);
+        std::fs::create_dir_all(&mp).expect("mkdir");
+        let from = from.map_or(String::new(), |f| format!(", \"from\": \"{f}\""));
+        let (st, body) = http(
+            &self.socket,
+            "POST",
+            "/v1/workspaces",
+            &format!("{{\"mountpoint\": {mp:?}{from}}}"),
+        );
+        assert_eq!(st, 201, "{body}");
+        (field(&body, "id"), mp)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn report(name: &str, mut samples: Vec<Duration>, target: Option<&str>) {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    println!(
+        "{name:<40} n={:<5} p50={:>9.3?} p99={:>9.3?} mean={:>9.3?}{}",
+        samples.len(),
+        p(0.50),
+        p(0.99),
+        mean,
+        target.map_or(String::new(), |t| format!("   (target: {t})"))
+    );
+}
+
+fn main() {
+    // `cargo test --benches` passes no `--bench`: run a few iterations as a smoke test.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 5 } else { 300 };
+    let d = Daemon::start();
+    let (ws, mp) = d.mount("main", None);
+
+    // Snapshot of a small change.
+    let mut snaps = Vec::new();
+    let mut samples = Vec::new();
+    for i in 0..n {
+        std::fs::write(mp.join(format!("f{}", i % 20)), format!("change {i}")).expect("write");
+        let t = Instant::now();
+        let (st, body) = http(
+            &d.socket,
+            "POST",
+            &format!("/v1/workspaces/{ws}/snapshot"),
+            "{}",
+        );
+        samples.push(t.elapsed());
+        assert_eq!(st, 201, "{body}");
+        snaps.push(field(&body, "id"));
+    }
+    report(
+        "snapshot (one small file changed)",
+        samples,
+        Some("p50 < 1 ms"),
+    );
+
+    // Checkout, alternating between two snapshots.
+    let (a, b) = (snaps[0].clone(), snaps[snaps.len() - 1].clone());
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let to = if i % 2 == 0 { &a } else { &b };
+        let t = Instant::now();
+        let (st, body) = http(
+            &d.socket,
+            "POST",
+            &format!("/v1/workspaces/{ws}/checkout"),
+            &format!("{{\"snapshot\": \"{to}\"}}"),
+        );
+        samples.push(t.elapsed());
+        assert_eq!(st, 200, "{body}");
+    }
+    report("checkout (mounted, in place)", samples, None);
+
+    // Fork: a new workspace over a snapshot, mounted.
+    let mut samples = Vec::new();
+    for i in 0..n.min(100) {
+        let mp = d.dir.path().join(format!("fork{i}"));
+        std::fs::create_dir(&mp).expect("mkdir");
+        let t = Instant::now();
+        let (st, body) = http(
+            &d.socket,
+            "POST",
+            "/v1/workspaces",
+            &format!("{{\"mountpoint\": {mp:?}, \"from\": \"{b}\"}}"),
+        );
+        samples.push(t.elapsed());
+        assert_eq!(st, 201, "{body}");
+        let id = field(&body, "id");
+        let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{id}"), "");
+        assert_eq!(st, 204);
+    }
+    report(
+        "fork (including the FUSE mount)",
+        samples,
+        Some("p50 < 20 ms"),
+    );
+
+    // 32 concurrent clients, each snapshotting its own workspace.
+    let clients = if quick { 4 } else { 32 };
+    let per = if quick { 3 } else { 50 };
+    let spaces: Vec<(String, PathBuf)> = (0..clients)
+        .map(|c| d.mount(&format!("c{c}"), Some(&b)))
+        .collect();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (id, mp) in &spaces {
+            let socket = d.socket.clone();
+            s.spawn(move || {
+                for i in 0..per {
+                    std::fs::write(mp.join("work"), format!("{i}")).expect("write");
+                    let (st, body) = http(
+                        &socket,
+                        "POST",
+                        &format!("/v1/workspaces/{id}/snapshot"),
+                        "{}",
+                    );
+                    assert_eq!(st, 201, "{body}");
+                }
+            });
+        }
+    });
+    let took = start.elapsed();
+    println!(
+        "{:<40} {} snapshots in {took:.2?} = {:.0} snapshots/s",
+        format!("{clients} concurrent clients"),
+        clients * per,
+        (clients * per) as f64 / took.as_secs_f64()
+    );
+
+    // Many mounted workspaces at once.
+    let target = if quick { 8 } else { 256 };
+    let start = Instant::now();
+    let many: Vec<(String, PathBuf)> = (0..target)
+        .map(|i| d.mount(&format!("m{i}"), Some(&b)))
+        .collect();
+    let took = start.elapsed();
+    for (_, mp) in &many {
+        std::fs::write(mp.join("alive"), "yes").expect("write in every mount");
+    }
+    for (_, mp) in &many {
+        assert_eq!(
+            std::fs::read_to_string(mp.join("alive")).expect("read"),
+            "yes"
+        );
+    }
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        .unwrap_or_default();
+    println!(
+        "{:<40} mounted in {took:.2?}, all read and written; daemon RSS {rss} kB (target: 256)",
+        format!(
+            "{} workspaces mounted at once",
+            many.len() + spaces.len() + 1
+        )
+    );
+}
