@@ -22,9 +22,11 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -213,8 +215,10 @@ struct Inode {
     parents: Vec<Ino>,
     /// A directory's name in its parent, to find its path again after a checkout.
     name: Option<Name>,
-    nlookup: u64,
-    open: u32,
+    /// Kernel lookups not yet forgotten (atomic: counted under the shared lock).
+    nlookup: AtomicU64,
+    /// Open file handles.
+    open: AtomicU32,
     generation: u64,
 }
 
@@ -248,7 +252,8 @@ pub struct Workspace {
     id: WorkspaceId,
     dir: PathBuf,
     read_only: bool,
-    state: Mutex<State>,
+    /// Shared for lookups and reads of loaded state, exclusive for changes and loads.
+    state: RwLock<State>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -269,8 +274,8 @@ fn dir_inode(tref: TreeRef, parent: Option<(Ino, Name)>, generation: u64) -> Ino
         ctime: 0,
         parents: parent.into_iter().collect(),
         name,
-        nlookup: 0,
-        open: 0,
+        nlookup: AtomicU64::new(0),
+        open: AtomicU32::new(0),
         generation,
     }
 }
@@ -297,7 +302,7 @@ impl Workspace {
             id: rec.id,
             dir,
             read_only: rec.read_only,
-            state: Mutex::new(State {
+            state: RwLock::new(State {
                 base: rec.base,
                 base_root: rec.base_root,
                 props: rec.props.clone(),
@@ -322,29 +327,29 @@ impl Workspace {
 
     /// The snapshot it stands on.
     pub fn base(&self) -> Option<SnapshotId> {
-        self.state.lock().base
+        self.state.write().base
     }
 
     /// The caller's properties.
     pub fn props(&self) -> serde_json::Value {
-        self.state.lock().props.clone()
+        self.state.write().props.clone()
     }
 
     /// Replaces the caller's properties and persists them.
     pub fn set_props(&self, props: serde_json::Value) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.props = props;
         self.write_record(&st, None, Durability::Sync)
     }
 
     /// True when the content differs from the base snapshot (or was changed at all).
     pub fn dirty(&self) -> bool {
-        self.state.lock().is_dirty()
+        self.state.write().is_dirty()
     }
 
     /// The record as it would be persisted now (head not included).
     pub fn record(&self) -> WorkspaceRecord {
-        let st = self.state.lock();
+        let st = self.state.write();
         self.make_record(&st, None)
     }
 
@@ -390,17 +395,35 @@ impl Workspace {
 
     /// Finds `name` in directory `parent` and counts one kernel lookup of the result.
     pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Stat> {
-        let mut st = self.state.lock();
+        {
+            // Fast path, shared lock: both ends loaded.
+            let st = self.state.read();
+            if st.is_ready(parent) {
+                let child = match st.entries(parent)?.get(name) {
+                    Some(c) => *c,
+                    None => return Err(Error::NoEntry(name.to_string())),
+                };
+                if st.is_ready(child)
+                    && let Some(s) = self.stat_shared(&st, child)
+                {
+                    st.inode(child)?.nlookup.fetch_add(1, Relaxed);
+                    return s;
+                }
+            }
+        }
+        let mut st = self.state.write();
         let ino = st.lookup(&self.shared, parent, name)?;
-        st.inode_mut(ino)?.nlookup += 1;
+        st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
         self.stat(&mut st, ino)
     }
 
     /// Drops `n` kernel lookups of `ino`; an unlinked inode nobody knows is freed.
     pub fn forget(&self, ino: Ino, n: u64) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         if let Some(i) = st.inodes.get_mut(&ino) {
-            i.nlookup = i.nlookup.saturating_sub(n);
+            let _ = i
+                .nlookup
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
         }
         st.maybe_free(ino);
         self.remove_dead_files(&mut st);
@@ -408,14 +431,41 @@ impl Workspace {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> Result<Stat> {
-        let mut st = self.state.lock();
+        {
+            let st = self.state.read();
+            if st.is_ready(ino)
+                && let Some(s) = self.stat_shared(&st, ino)
+            {
+                return s;
+            }
+        }
+        let mut st = self.state.write();
         self.stat(&mut st, ino)
+    }
+
+    /// `stat` under the shared lock; `None` when the own copy changed behind our back
+    /// and the exclusive lock is needed to record it.
+    fn stat_shared(&self, st: &State, ino: Ino) -> Option<Result<Stat>> {
+        let mut s = match st.stat_loaded(ino) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(id) = st.owned_id(ino) {
+            let meta = std::fs::metadata(self.data_path(id)).ok()?;
+            let mtime = file_mtime(&meta);
+            if meta.len() != s.size || mtime != s.mtime {
+                return None;
+            }
+            s.size = meta.len();
+            s.mtime = mtime;
+        }
+        Some(Ok(s))
     }
 
     /// Changes attributes; a size change truncates or extends the file.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Stat> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         let t = now();
         if let Some(size) = set.size {
@@ -487,19 +537,15 @@ impl Workspace {
 
     /// The entries of a directory, in name order.
     pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
-        let mut st = self.state.lock();
+        {
+            let st = self.state.read();
+            if st.is_ready(ino) {
+                return st.list(ino);
+            }
+        }
+        let mut st = self.state.write();
         st.ensure_loaded(&self.shared, ino)?;
-        let entries = st.entries(ino)?.clone();
-        entries
-            .into_iter()
-            .map(|(name, child)| {
-                Ok(DirEntry {
-                    kind: st.inode(child)?.kind(),
-                    name,
-                    ino: child,
-                })
-            })
-            .collect()
+        st.list(ino)
     }
 
     /// Creates a regular file (or, with `Kind::Fifo`, a named pipe).
@@ -526,21 +572,21 @@ impl Workspace {
                 ));
             }
         };
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
         if kind == Kind::File {
             // A new file gets its own copy at once and is committed (stored) at snapshot.
             self.own(&mut st, ino, true)?;
             st.note_written(ino, Some(0), None)?;
         }
-        st.inode_mut(ino)?.nlookup += 1;
+        st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
         self.stat(&mut st, ino)
     }
 
     /// Creates a directory.
     pub fn mkdir(&self, parent: Ino, name: &Name, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let node = Node::Dir {
             state: DirState::Loaded {
                 entries: BTreeMap::new(),
@@ -551,7 +597,7 @@ impl Workspace {
             prev: None,
         };
         let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
-        st.inode_mut(ino)?.nlookup += 1;
+        st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
         self.stat(&mut st, ino)
     }
 
@@ -571,7 +617,7 @@ impl Workspace {
                 target.len()
             )));
         }
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let ino = st.insert_new(
             &self.shared,
             parent,
@@ -581,13 +627,13 @@ impl Workspace {
             uid,
             gid,
         )?;
-        st.inode_mut(ino)?.nlookup += 1;
+        st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
         self.stat(&mut st, ino)
     }
 
     /// The target of a symbolic link.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        let st = self.state.lock();
+        let st = self.state.read();
         match &st.inode(ino)?.node {
             Node::Symlink(t) => Ok(t.clone()),
             _ => Err(Error::NotASymlink(ino.to_string())),
@@ -597,7 +643,7 @@ impl Workspace {
     /// Adds the name `name` in `parent` for the non-directory `ino`.
     pub fn link(&self, ino: Ino, parent: Ino, name: &Name) -> Result<Stat> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         if st.inode(ino)?.kind() == Kind::Dir {
             return Err(Error::InvalidArgument(
                 "hard links to directories are not allowed".into(),
@@ -615,7 +661,7 @@ impl Workspace {
         let i = st.inode_mut(ino)?;
         i.parents.push(parent);
         i.ctime = t;
-        i.nlookup += 1;
+        i.nlookup.fetch_add(1, Relaxed);
         st.touch_entries(parent, t);
         self.stat(&mut st, ino)
     }
@@ -623,7 +669,7 @@ impl Workspace {
     /// Removes a non-directory entry.
     pub fn unlink(&self, parent: Ino, name: &Name) -> Result<()> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let ino = st.lookup(&self.shared, parent, name)?;
         if st.inode(ino)?.kind() == Kind::Dir {
             return Err(Error::IsADirectory(name.to_string()));
@@ -636,7 +682,7 @@ impl Workspace {
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: Ino, name: &Name) -> Result<()> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let ino = st.lookup(&self.shared, parent, name)?;
         if st.inode(ino)?.kind() != Kind::Dir {
             return Err(Error::NotADirectory(name.to_string()));
@@ -660,7 +706,7 @@ impl Workspace {
         mode: RenameMode,
     ) -> Result<()> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let src = st.lookup(&self.shared, parent, name)?;
         st.ensure_loaded(&self.shared, new_parent)?;
         let dst = st.entries(new_parent)?.get(new_name).copied();
@@ -731,18 +777,18 @@ impl Workspace {
 
     /// Reads up to `len` bytes at `offset`.
     pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
+        // Shared lock only; reads do not update atime (as with `noatime`).
         let source = {
-            let mut st = self.state.lock();
+            let st = self.state.read();
             let clean = match &st.inode(ino)?.node {
                 Node::File(FileData::Clean(c)) => Some(*c),
                 Node::File(FileData::Owned { .. }) => None,
                 Node::Dir { .. } => return Err(Error::IsADirectory(ino.to_string())),
                 _ => return Err(Error::InvalidArgument("read of a special file".into())),
             };
-            st.inode_mut(ino)?.atime = now();
             match clean {
                 Some(c) => Ok(c),
-                None => Err(self.owned_file(&mut st, ino)?),
+                None => Err(self.owned_file(&st, ino)?),
             }
         };
         match source {
@@ -769,7 +815,7 @@ impl Workspace {
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         self.check_writable()?;
         let file = {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             if st.inode(ino)?.kind() != Kind::File {
                 return Err(Error::InvalidArgument("write to a non-file".into()));
             }
@@ -778,7 +824,7 @@ impl Workspace {
         file.write_all_at(data, offset)
             .map_err(|e| Error::io("write", e))?;
         let end = offset + data.len() as u64;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.note_written(ino, Some(end), None)?;
         Ok(data.len())
     }
@@ -787,7 +833,23 @@ impl Workspace {
     /// descriptor: the workspace's own copy when `write` (copying up once), otherwise the
     /// workspace's copy if it has one, else a shared read-only materialized file.
     pub fn backing_file(&self, ino: Ino, write: bool, truncate: bool) -> Result<(Arc<File>, bool)> {
-        let mut st = self.state.lock();
+        if !write {
+            let clean = {
+                let st = self.state.read();
+                match &st.inode(ino)?.node {
+                    Node::File(FileData::Clean(c)) => Some(*c),
+                    Node::File(_) => None,
+                    _ => return Err(Error::InvalidArgument("not a regular file".into())),
+                }
+            };
+            if let Some(c) = clean {
+                let path = self.shared.materialize(&c)?;
+                let f = File::open(&path)
+                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                return Ok((Arc::new(f), false));
+            }
+        }
+        let mut st = self.state.write();
         if st.inode(ino)?.kind() != Kind::File {
             return Err(Error::InvalidArgument("not a regular file".into()));
         }
@@ -816,14 +878,14 @@ impl Workspace {
     /// Tells the workspace that an engine wrote its own copy of `ino` (obtained from
     /// `backing_file`) up to byte `end`.
     pub fn wrote(&self, ino: Ino, end: u64) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.note_written(ino, Some(end), None)
     }
 
     /// Tells the workspace that its own copy of `ino` was written through a file
     /// descriptor (by an engine); refreshes the size and marks the file changed.
     pub fn note_write(&self, ino: Ino) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let size = match &st.inode(ino)?.node {
             Node::File(FileData::Owned { id, .. }) => {
                 let path = self.data_path(*id);
@@ -838,22 +900,24 @@ impl Workspace {
 
     /// The directory that names `ino` (its first name, for files with several).
     pub fn parent(&self, ino: Ino) -> Option<Ino> {
-        let st = self.state.lock();
+        let st = self.state.read();
         st.inodes.get(&ino).and_then(|i| i.parents.first().copied())
     }
 
     /// Counts an open file handle, which keeps an unlinked inode alive.
     pub fn open(&self, ino: Ino) -> Result<()> {
-        let mut st = self.state.lock();
-        st.inode_mut(ino)?.open += 1;
+        let st = self.state.read();
+        st.inode(ino)?.open.fetch_add(1, Relaxed);
         Ok(())
     }
 
     /// Drops an open file handle.
     pub fn release(&self, ino: Ino) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         if let Some(i) = st.inodes.get_mut(&ino) {
-            i.open = i.open.saturating_sub(1);
+            let _ = i
+                .open
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         }
         st.maybe_free(ino);
         self.remove_dead_files(&mut st);
@@ -861,7 +925,20 @@ impl Workspace {
 
     /// The value of extended attribute `name`.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let mut st = self.state.lock();
+        {
+            let st = self.state.read();
+            if st.is_ready(ino) {
+                let i = st.inode(ino)?;
+                return i
+                    .attrs
+                    .xattrs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .ok_or(Error::NoAttr);
+            }
+        }
+        let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         let i = st.inode(ino)?;
         i.attrs
@@ -874,7 +951,7 @@ impl Workspace {
 
     /// Names of the extended attributes.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         Ok(st
             .inode(ino)?
@@ -899,7 +976,7 @@ impl Workspace {
                 value.len()
             )));
         }
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         let i = st.inode_mut(ino)?;
         let pos = i
@@ -920,7 +997,7 @@ impl Workspace {
     /// Removes extended attribute `name`.
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         self.check_writable()?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         let i = st.inode_mut(ino)?;
         let p = i
@@ -946,7 +1023,7 @@ impl Workspace {
         self.check_writable()?;
         let _gc = self.shared.gc_lock.read();
         let start = Instant::now();
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let mut w = self.shared.store.writer();
         let mut changed = 0u64;
         let mut cleaned = Vec::new();
@@ -1003,7 +1080,7 @@ impl Workspace {
     /// and unchanged paths keep their inode numbers.
     pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<Invalidation> {
         let snap = snapshot::load(self.shared.store.backend().as_ref(), id)?;
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         if st.is_dirty() && !discard {
             return Err(Error::Dirty(self.id));
         }
@@ -1040,7 +1117,7 @@ impl Workspace {
             return Ok(());
         }
         let _gc = self.shared.gc_lock.read();
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let mut w = self.shared.store.writer();
         let mut changed = 0;
         let mut cleaned = Vec::new();
@@ -1123,7 +1200,7 @@ impl Workspace {
         Ok((file, true))
     }
 
-    fn owned_file(&self, st: &mut State, ino: Ino) -> Result<Arc<File>> {
+    fn owned_file(&self, st: &State, ino: Ino) -> Result<Arc<File>> {
         // Opened per use, not cached: a workspace may own more files than the fd limit.
         match &st.inode(ino)?.node {
             Node::File(FileData::Owned { id, .. }) => {
@@ -1196,6 +1273,19 @@ fn set_file_mtime(path: &Path, mtime: Nanos) -> Result<()> {
 
 impl State {
     /// The own-copy id of a file that has one.
+    fn list(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        self.entries(ino)?
+            .iter()
+            .map(|(name, child)| {
+                Ok(DirEntry {
+                    kind: self.inode(*child)?.kind(),
+                    name: name.clone(),
+                    ino: *child,
+                })
+            })
+            .collect()
+    }
+
     fn owned_id(&self, ino: Ino) -> Option<u64> {
         match self.inodes.get(&ino).map(|i| &i.node) {
             Some(Node::File(FileData::Owned { id, .. })) => Some(*id),
@@ -1242,7 +1332,7 @@ impl State {
                 let Some(i) = self.inodes.get(&child) else {
                     continue;
                 };
-                if i.nlookup > 0 {
+                if i.nlookup.load(Relaxed) > 0 {
                     inv.entries.push((dir, name.clone()));
                     inv.inodes.push(child);
                 }
@@ -1261,6 +1351,23 @@ impl State {
         // kernel can no longer find its children's dentries to invalidate them.
         inv.entries.reverse();
         inv
+    }
+
+    /// True when `ino` can be served under the shared lock: it exists and is not a
+    /// directory waiting to be loaded or revalidated after a checkout.
+    fn is_ready(&self, ino: Ino) -> bool {
+        match self.inodes.get(&ino) {
+            Some(Inode {
+                node: Node::Dir { state, .. },
+                generation,
+                ..
+            }) => {
+                matches!(state, DirState::Loaded { .. })
+                    && (ino == Ino::ROOT || *generation >= self.generation)
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     fn inode(&self, ino: Ino) -> Result<&Inode> {
@@ -1444,7 +1551,7 @@ impl State {
         let Some(i) = self.inodes.get(&old) else {
             return false;
         };
-        if i.generation == self.generation || (i.open > 0 && i.kind() == Kind::File) {
+        if i.generation == self.generation || (i.open.load(Relaxed) > 0 && i.kind() == Kind::File) {
             // Claimed already in this generation, or open: an open file keeps what it
             // opened, as if the path had been replaced by a rename.
             return false;
@@ -1497,7 +1604,7 @@ impl State {
             if let Some(p) = i.parents.iter().position(|&p| p == parent) {
                 i.parents.swap_remove(p);
             }
-            if i.parents.is_empty() && i.nlookup == 0 && i.open == 0 {
+            if i.parents.is_empty() && i.nlookup.load(Relaxed) == 0 && i.open.load(Relaxed) == 0 {
                 self.free_tree(old);
             }
         }
@@ -1532,7 +1639,7 @@ impl State {
 
     /// Frees an inode that has no name, no kernel reference and no open handle.
     fn maybe_free(&mut self, ino: Ino) {
-        let free = matches!(self.inodes.get(&ino), Some(i) if ino != Ino::ROOT && i.parents.is_empty() && i.nlookup == 0 && i.open == 0);
+        let free = matches!(self.inodes.get(&ino), Some(i) if ino != Ino::ROOT && i.parents.is_empty() && i.nlookup.load(Relaxed) == 0 && i.open.load(Relaxed) == 0);
         if free {
             self.free_tree(ino);
         }
@@ -1550,6 +1657,11 @@ impl State {
 
     fn stat(&mut self, shared: &Shared, ino: Ino) -> Result<Stat> {
         self.load_if_dir(shared, ino)?;
+        self.stat_loaded(ino)
+    }
+
+    /// Attributes of an inode that needs no loading (see `is_ready`).
+    fn stat_loaded(&self, ino: Ino) -> Result<Stat> {
         let i = self.inode(ino)?;
         let (size, nlink) = match &i.node {
             Node::File(FileData::Clean(c)) => (c.size, i.parents.len().max(1)),
@@ -1702,8 +1814,8 @@ impl State {
             ctime: t,
             parents: vec![parent],
             name: is_dir.then(|| name.clone()),
-            nlookup: 0,
-            open: 0,
+            nlookup: AtomicU64::new(0),
+            open: AtomicU32::new(0),
             generation,
         });
         self.entries_mut(parent)?.insert(name.clone(), ino);
@@ -1957,8 +2069,8 @@ fn inode_from_entry(kind: EntryKind, parent: Ino, name: &Name, generation: u64) 
         attrs,
         parents: vec![parent],
         name: None,
-        nlookup: 0,
-        open: 0,
+        nlookup: AtomicU64::new(0),
+        open: AtomicU32::new(0),
         generation,
     }
 }
@@ -1968,7 +2080,7 @@ fn inode_from_entry(kind: EntryKind, parent: Ino, name: &Name, generation: u64) 
 impl Workspace {
     /// Resolves a `/`-separated path relative to the root, without following symlinks.
     pub fn resolve(&self, path: &str) -> Result<Ino> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let mut ino = Ino::ROOT;
         for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
             let name = Name::try_from(comp)?;
