@@ -871,7 +871,7 @@ impl Workspace {
                     .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
                 Ok((Arc::new(f), false))
             }
-            _ => Ok((self.owned_file(&mut st, ino)?, true)),
+            _ => Ok((self.owned_file(&st, ino)?, true)),
         }
     }
 
