@@ -45,9 +45,10 @@ impl FsckReport {
 fn mark(store: &Store, root: Hash, live: &mut HashSet<Hash>) -> Result<()> {
     let mut stack = vec![root];
     while let Some(h) = stack.pop() {
-        if !live.insert(h) {
+        if live.contains(&h) {
             continue;
         }
+        live.extend(tree::dir_objects(store, &h)?);
         let node = DirNode::load(store, &h)?;
         for (_, kind) in &node.entries {
             match kind {
@@ -77,7 +78,7 @@ impl Repo {
                 .iter()
                 .filter_map(|w| w.head.map(|h| h.node)),
         );
-        roots.push(empty_node().encode().1.node);
+        roots.push(empty_node().encode().tref.node);
         Ok(roots)
     }
 
@@ -190,7 +191,7 @@ impl Repo {
                 &mut report,
             );
             match DirNode::load(store, &s.tree) {
-                Ok(n) if n.encode().1.fp != s.root => {
+                Ok(n) if n.encode().tref.fp != s.root => {
                     report
                         .errors
                         .push(format!("snapshot {} root does not match its tree", s.id));

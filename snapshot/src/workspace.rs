@@ -1917,21 +1917,21 @@ impl State {
             }
         }
         // Then encode from borrowed entries: no copies of names or attributes.
-        let (bytes, tref) = {
+        let enc = {
             let i = self.inode(ino)?;
             let entries = self.entries(ino)?;
             let mut refs = Vec::with_capacity(entries.len());
             for (name, child) in entries {
                 refs.push((name, self.entry_ref(*child)?));
             }
-            let (bytes, tref) = tree::encode_dir(&i.attrs, &refs);
+            let enc = tree::encode_dir(&i.attrs, &refs);
             *changed += match base {
-                Some(h) => tree::count_changes(&h, &ws.shared.store.get(&h)?, &tref.node, &bytes)?,
+                Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
                 None => refs.len() as u64,
             };
-            (bytes, tref)
+            enc
         };
-        w.put_hashed(tref.node, &bytes)?;
+        let tref = enc.store(w)?;
         if let Node::Dir {
             state: DirState::Loaded { clean, base, .. },
             ..

@@ -93,6 +93,11 @@ enum Op {
     Fork(usize),
     Switch(usize),
     Diff(usize, usize),
+    /// In directory PATHS[i] (or the root), write `count` files `n000..` (content from
+    /// `seed`): large directories, so directory paging is exercised.
+    Bulk(Option<usize>, u8, u8),
+    /// Remove every `stride`-th bulk file of a directory.
+    BulkUnlink(Option<usize>, u8),
 }
 
 const PATHS: &[&str] = &[
@@ -115,6 +120,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Fork),
         1 => any::<usize>().prop_map(Op::Switch),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::Diff(a, b)),
+        1 => (prop::option::of(p.clone()), 1u8..200, any::<u8>()).prop_map(|(d, c, s)| Op::Bulk(d, c, s)),
+        1 => (prop::option::of(p.clone()), 2u8..5).prop_map(|(d, k)| Op::BulkUnlink(d, k)),
     ]
 }
 
@@ -207,8 +214,54 @@ fn apply_model(m: &mut Model, op: &Op) -> bool {
             }
         }
         Op::Rename(i, j, mode) => rename_model(m, PATHS[*i], PATHS[*j], *mode),
+        Op::Bulk(d, count, seed) => {
+            let dir = d.map_or("", |i| PATHS[i]);
+            if !dir.is_empty() && m.paths.get(dir) != Some(&Node::Dir) {
+                return false;
+            }
+            for k in 0..*count as usize {
+                let p = bulk_path(dir, k);
+                match m.paths.get(&p) {
+                    Some(Node::File(id)) => {
+                        *m.files.get_mut(id).expect("file") = bulk_data(*seed, k);
+                    }
+                    Some(_) => return false,
+                    None => {
+                        m.next += 1;
+                        m.files.insert(m.next, bulk_data(*seed, k));
+                        m.paths.insert(p, Node::File(m.next));
+                    }
+                }
+            }
+            true
+        }
+        Op::BulkUnlink(d, stride) => {
+            let dir = d.map_or("", |i| PATHS[i]);
+            if !dir.is_empty() && m.paths.get(dir) != Some(&Node::Dir) {
+                return false;
+            }
+            for k in (0..256).step_by(*stride as usize) {
+                if let Some(Node::File(_)) = m.paths.get(&bulk_path(dir, k)) {
+                    m.paths.remove(&bulk_path(dir, k));
+                }
+            }
+            true
+        }
         _ => unreachable!(),
     }
+}
+
+fn bulk_path(dir: &str, k: usize) -> String {
+    if dir.is_empty() {
+        format!("n{k:03}")
+    } else {
+        format!("{dir}/n{k:03}")
+    }
+}
+
+fn bulk_data(seed: u8, k: usize) -> Vec<u8> {
+    // Only a few distinct contents, so that equal states recur across seeds.
+    format!("{}:{k}", seed % 3).into_bytes()
 }
 
 fn rename_model(m: &mut Model, src: &str, dst: &str, mode: u8) -> bool {
@@ -339,6 +392,37 @@ fn apply_ws(ws: &Workspace, op: &Op) -> bool {
                     RenameMode::Exchange,
                 ][*mode as usize];
                 ws.rename(ws.resolve(sd)?, &sn, ws.resolve(dd)?, &dn, mode)?;
+            }
+            Op::Bulk(d, count, seed) => {
+                let dir = d.map_or("", |i| PATHS[i]);
+                let parent = ws.resolve(dir)?;
+                if ws.getattr(parent)?.kind != Kind::Dir {
+                    return Err(helios_snapshot::Error::NotADirectory(dir.into()));
+                }
+                for k in 0..*count as usize {
+                    let p = bulk_path(dir, k);
+                    if let Ok(ino) = ws.resolve(&p)
+                        && ws.getattr(ino)?.kind != Kind::File
+                    {
+                        return Err(helios_snapshot::Error::InvalidArgument("not a file".into()));
+                    }
+                    ws.write_file(&p, &bulk_data(*seed, k))?;
+                }
+            }
+            Op::BulkUnlink(d, stride) => {
+                let dir = d.map_or("", |i| PATHS[i]);
+                let parent = ws.resolve(dir)?;
+                if ws.getattr(parent)?.kind != Kind::Dir {
+                    return Err(helios_snapshot::Error::NotADirectory(dir.into()));
+                }
+                for k in (0..256).step_by(*stride as usize) {
+                    if let Ok(ino) = ws.resolve(&bulk_path(dir, k))
+                        && ws.getattr(ino)?.kind == Kind::File
+                    {
+                        let (_, name) = split(&bulk_path(dir, k));
+                        ws.unlink(parent, &name)?;
+                    }
+                }
             }
             _ => unreachable!(),
         }
