@@ -160,6 +160,18 @@ impl Inner {
             self.ws.note_write(ino).map_err(|e| errno("open", &e))?;
         }
         self.ws.open(ino).map_err(|e| errno("open", &e))?;
+        self.register(ino, file, write, register)
+    }
+
+    /// Registers an open file (already counted open) as a handle, with a passthrough
+    /// backing where possible.
+    fn register(
+        &self,
+        ino: Ino,
+        file: Arc<File>,
+        write: bool,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Result<(u64, Option<Arc<BackingId>>, FopenFlags), Errno> {
         // A read-only handle has nothing to flush at close: spare the round trip.
         let mut fopen = if write {
             FopenFlags::empty()
@@ -908,22 +920,20 @@ impl Filesystem for HeliosFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let st = match self.0.ws.create(
-            ino(parent),
-            &n,
-            Kind::File,
-            mode & !umask,
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(s) => s,
-            Err(e) => return reply.error(errno("create", &e)),
-        };
-        // A new file is empty: open it for writing without truncating anything.
-        let flags = OpenFlags((flags & !libc::O_TRUNC & !libc::O_ACCMODE) | libc::O_RDWR);
+        let _ = flags;
+        let (st, file) =
+            match self
+                .0
+                .ws
+                .create_file(ino(parent), &n, mode & !umask, req.uid(), req.gid())
+            {
+                Ok(s) => s,
+                Err(e) => return reply.error(errno("create", &e)),
+            };
+        // The new file is empty, counted as changed and as open: register it as it is.
         match self
             .0
-            .open_file(st.ino, flags, |f| reply.open_backing(f.as_fd()))
+            .register(st.ino, file, true, |f| reply.open_backing(f.as_fd()))
         {
             Ok((fh, Some(backing), fopen)) => {
                 reply.created_passthrough(&TTL, &attr(&st), GEN, FileHandle(fh), fopen, &backing)

@@ -512,7 +512,9 @@ impl Workspace {
         i.ctime = t;
         let mtime = i.attrs.mtime;
         st.touch(ino);
-        if let Some(id) = st.owned_id(ino) {
+        if let Some(id) = st.owned_id(ino)
+            && (set.mtime.is_some() || set.size.is_some())
+        {
             // The own copy's mtime is what stat reports: keep it equal to the one set.
             set_file_mtime(&self.data_path(id), mtime)?;
         }
@@ -572,15 +574,52 @@ impl Workspace {
                 ));
             }
         };
+        Ok(self.create_inner(parent, name, node, mode, uid, gid)?.0)
+    }
+
+    /// Creates a regular file and returns it open (read-write) with its attributes: what
+    /// an engine's `create` needs, without opening the new file a second time.
+    pub fn create_file(
+        &self,
+        parent: Ino,
+        name: &Name,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Stat, Arc<File>)> {
+        self.check_writable()?;
+        let node = Node::File(FileData::Clean(Content {
+            hash: Hash::of(b""),
+            chunked: false,
+            size: 0,
+        }));
+        let (stat, file) = self.create_inner(parent, name, node, mode, uid, gid)?;
+        let file = file.ok_or_else(|| Error::InvalidArgument("not a file".into()))?;
+        self.open(stat.ino)?;
+        Ok((stat, file))
+    }
+
+    fn create_inner(
+        &self,
+        parent: Ino,
+        name: &Name,
+        node: Node,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Stat, Option<Arc<File>>)> {
+        let is_file = matches!(node, Node::File(_));
         let mut st = self.state.write();
         let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
-        if kind == Kind::File {
+        let mut file = None;
+        if is_file {
             // A new file gets its own copy at once and is committed (stored) at snapshot.
-            self.own(&mut st, ino, true)?;
+            file = Some(self.own(&mut st, ino, true)?.0);
             st.note_written(ino, Some(0), None)?;
         }
         st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
-        self.stat(&mut st, ino)
+        let stat = st.stat_loaded(ino)?;
+        Ok((stat, file))
     }
 
     /// Creates a directory.
@@ -1263,12 +1302,21 @@ fn time_of(ns: Nanos) -> std::time::SystemTime {
 }
 
 fn set_file_mtime(path: &Path, mtime: Nanos) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    f.set_modified(time_of(mtime))
-        .map_err(|e| Error::io(format!("set mtime of {}", path.display()), e))
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(
+        mtime.div_euclid(1_000_000_000),
+        mtime.rem_euclid(1_000_000_000),
+    );
+    // One syscall, no open: atime is left alone.
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &t,
+        UtimensatFlags::FollowSymlink,
+    )
+    .map_err(|e| Error::io(format!("set mtime of {}", path.display()), e.into()))
 }
 
 impl State {
