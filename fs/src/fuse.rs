@@ -300,6 +300,20 @@ pub(crate) fn attr(s: &Stat) -> FileAttr {
 
 const GEN: Generation = Generation(0);
 
+fn reply_entry(reply: ReplyEntry, result: Result<Stat, Errno>) {
+    match result {
+        Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// Attributes sent with a negative entry (the kernel ignores them).
 const NEGATIVE_STAT: Stat = Stat {
     ino: Ino(0),
@@ -439,10 +453,7 @@ impl Filesystem for HeliosFs {
                 .create(ino(parent), &n, kind, mode & !umask, req.uid(), req.gid())
                 .map_err(|e| errno("mknod", &e))
         });
-        match result {
-            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, result);
     }
 
     fn mkdir(
@@ -460,34 +471,27 @@ impl Filesystem for HeliosFs {
                 .mkdir(ino(parent), &n, mode & !umask, req.uid(), req.gid())
                 .map_err(|e| errno("mkdir", &e))
         });
-        match result {
-            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, result);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match name(n).and_then(|n| {
+        let result = name(n).and_then(|n| {
             self.0
                 .ws
                 .unlink(ino(parent), &n)
                 .map_err(|e| errno("unlink", &e))
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        reply_empty(reply, result);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match name(n).and_then(|n| {
+        let result = name(n).and_then(|n| {
             self.0
                 .ws
                 .rmdir(ino(parent), &n)
                 .map_err(|e| errno("rmdir", &e))
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        reply_empty(reply, result);
     }
 
     fn symlink(
@@ -510,10 +514,7 @@ impl Filesystem for HeliosFs {
                 )
                 .map_err(|e| errno("symlink", &e))
         });
-        match result {
-            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, result);
     }
 
     fn rename(
@@ -542,10 +543,7 @@ impl Filesystem for HeliosFs {
                 .rename(ino(parent), &a, ino(newparent), &b, mode)
                 .map_err(|e| errno("rename", &e))
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result);
     }
 
     fn link(
@@ -565,10 +563,7 @@ impl Filesystem for HeliosFs {
                     e => errno("link", &e),
                 })
         });
-        match result {
-            Ok(s) => reply.entry(&TTL, &attr(&s), GEN),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, result);
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

@@ -222,6 +222,21 @@ struct Inode {
     generation: u64,
 }
 
+impl Node {
+    /// A new, empty, dirty directory.
+    fn empty_dir() -> Node {
+        Node::Dir {
+            state: DirState::Loaded {
+                entries: BTreeMap::new(),
+                clean: None,
+                base: None,
+                subdirs: 0,
+            },
+            prev: None,
+        }
+    }
+}
+
 impl Inode {
     fn kind(&self) -> Kind {
         match self.node {
@@ -626,15 +641,7 @@ impl Workspace {
     pub fn mkdir(&self, parent: Ino, name: &Name, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
         self.check_writable()?;
         let mut st = self.state.write();
-        let node = Node::Dir {
-            state: DirState::Loaded {
-                entries: BTreeMap::new(),
-                clean: None,
-                base: None,
-                subdirs: 0,
-            },
-            prev: None,
-        };
+        let node = Node::empty_dir();
         let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
         st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
         self.stat(&mut st, ino)
@@ -1580,15 +1587,7 @@ impl State {
             let i = self.inode_mut(ino)?;
             i.generation = generation;
             i.parents.clear();
-            i.node = Node::Dir {
-                state: DirState::Loaded {
-                    entries: BTreeMap::new(),
-                    clean: None,
-                    base: None,
-                    subdirs: 0,
-                },
-                prev: None,
-            };
+            i.node = Node::empty_dir();
         }
         Ok(())
     }
