@@ -34,6 +34,8 @@ pub struct Daemon {
     /// Metrics.
     pub metrics: Metrics,
     mount_opts: MountOptions,
+    /// Serializes workspace creation: checking a mountpoint and mounting on it is one step.
+    creating: Mutex<()>,
 }
 
 fn props(mountpoint: &Path, engine_reason: &str) -> serde_json::Value {
@@ -72,6 +74,7 @@ impl Daemon {
             mounts: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             mount_opts,
+            creating: Mutex::new(()),
         }
     }
 
@@ -157,6 +160,7 @@ impl Daemon {
                 )));
             }
         };
+        let _one_at_a_time = self.creating.lock();
         let path = self.check_mountpoint(mountpoint)?;
         let start = Instant::now();
         let ws = self
@@ -244,7 +248,13 @@ impl Daemon {
         let mounted = self.mounts.lock().remove(&id);
         if let Some(m) = mounted {
             match Arc::try_unwrap(m) {
-                Ok(m) => m.mount.unmount()?,
+                // A busy mount (a process works in it) is detached lazily: it is gone for
+                // new lookups, and the workspace goes with it.
+                Ok(m) => {
+                    if let Err(e) = m.mount.unmount() {
+                        tracing::warn!(workspace = %id, error = %e, "unmounted lazily");
+                    }
+                }
                 Err(m) => drop(m),
             }
         }

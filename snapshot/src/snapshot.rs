@@ -128,7 +128,7 @@ pub(crate) fn children(
     prefix.extend_from_slice(&parent.map_or(0, |p| p.0).to_be_bytes());
     let mut out = Vec::new();
     backend.scan(Cf::Index, &prefix, &mut |k, _| {
-        if let Some(id) = SnapshotId::from_key(&k[9..]) {
+        if let Some(id) = k.get(9..).and_then(SnapshotId::from_key) {
             out.push(id);
         }
         Ok(true)
@@ -142,7 +142,7 @@ pub(crate) fn by_root(backend: &dyn Backend, root: &Hash) -> Result<Vec<Snapshot
     prefix.extend_from_slice(root.as_bytes());
     let mut out = Vec::new();
     backend.scan(Cf::Index, &prefix, &mut |k, _| {
-        if let Some(id) = SnapshotId::from_key(&k[33..]) {
+        if let Some(id) = k.get(33..).and_then(SnapshotId::from_key) {
             out.push(id);
         }
         Ok(true)
