@@ -74,3 +74,50 @@ fn two_daemons_never_share_a_state_dir() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_store_recovers() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let disk = outer.path().join("disk");
+    fs::create_dir(&disk).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &disk,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=48m"),
+    )
+    .expect("mount a small tmpfs (needs root)");
+    let _guard = SmallDisk(disk.clone());
+    let mut d = Daemon::start_with_state(disk.join("state"));
+    let mp = d.path("ws");
+    d.json(&["mount", mp.to_str().expect("utf8")]);
+    fs::write(mp.join("keep"), "kept").expect("write");
+    let s1 = d.json(&["snapshot", mp.to_str().expect("utf8")]);
+    // Fill the disk from inside the workspace: the writer gets ENOSPC, nothing breaks.
+    let err = fs::write(mp.join("big"), vec![7u8; 64 << 20]).expect_err("the disk is full");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let (st, v) = d.http("POST", "/v1/workspaces/w1/snapshot", Some("{}"));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (507, Some("no_space")),
+        "{v}"
+    );
+    // Free the space: the same daemon snapshots again, and nothing was lost.
+    fs::remove_file(mp.join("big")).expect("rm");
+    fs::write(mp.join("after"), "after").expect("write");
+    let s2 = d.json(&["snapshot", mp.to_str().expect("utf8")]);
+    assert_eq!(s2["parent"], s1["id"]);
+    assert!(d.ok(&["fsck"]).starts_with("ok"));
+    assert_eq!(fs::read_to_string(mp.join("keep")).expect("read"), "kept");
+    d.stop();
+}

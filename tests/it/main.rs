@@ -27,8 +27,17 @@ pub struct Daemon {
 impl Daemon {
     pub fn start() -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("helios.sock");
         let state = dir.path().join("state");
+        Daemon::start_in(dir, state)
+    }
+
+    /// A daemon whose state directory is `state` (on another filesystem, say).
+    pub fn start_with_state(state: PathBuf) -> Daemon {
+        Daemon::start_in(tempfile::tempdir().expect("tempdir"), state)
+    }
+
+    fn start_in(dir: tempfile::TempDir, state: PathBuf) -> Daemon {
+        let socket = dir.path().join("helios.sock");
         let mut d = Daemon {
             dir,
             socket,

@@ -14,10 +14,25 @@ use crate::error::{Error, Result};
 /// from opening the same directory.
 pub struct RocksBackend {
     db: DB,
+    path: std::path::PathBuf,
 }
 
 fn db_err(e: rocksdb::Error) -> Error {
-    Error::Db(e.into_string())
+    let msg = e.into_string();
+    if msg.contains("No space left on device") {
+        return Error::io(
+            "the store's disk is full",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+    }
+    Error::Db(msg)
+}
+
+/// Space kept free on the store's filesystem: writes that would eat into it are refused
+/// with ENOSPC before they reach RocksDB, which stops accepting writes (until reopened)
+/// once one of its own writes or flushes fails for lack of space.
+fn reserve(fs_bytes: u64) -> u64 {
+    (fs_bytes / 50).clamp(16 << 20, 256 << 20)
 }
 
 impl RocksBackend {
@@ -43,7 +58,35 @@ impl RocksBackend {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err)?;
-        Ok(RocksBackend { db })
+        Ok(RocksBackend {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Refuses a write of `bytes` that would leave less than the reserve free.
+    fn check_space(&self, bytes: usize) -> Result<()> {
+        let Ok(st) = nix::sys::statvfs::statvfs(&self.path) else {
+            return Ok(());
+        };
+        let frag = st.fragment_size() as u64;
+        let free = st.blocks_available() as u64 * frag;
+        let mut keep = reserve(st.blocks() as u64 * frag);
+        if bytes < 4096 {
+            // Records and counters (annotations, gc's counters) may use half the reserve.
+            keep /= 2;
+        }
+        if free < keep + bytes as u64 * 2 {
+            return Err(Error::io(
+                format!(
+                    "the store's disk is nearly full ({} MiB free, {} MiB kept in reserve)",
+                    free >> 20,
+                    keep >> 20
+                ),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        Ok(())
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
@@ -76,6 +119,10 @@ impl Backend for RocksBackend {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        // Deletes free space; everything else must leave the reserve.
+        if batch.ops.iter().any(|op| matches!(op, Op::Put(..))) {
+            self.check_space(batch.bytes())?;
+        }
         let mut wb = WriteBatch::default();
         for op in batch.ops {
             match op {
