@@ -69,9 +69,9 @@ impl RocksBackend {
         let Ok(st) = nix::sys::statvfs::statvfs(&self.path) else {
             return Ok(());
         };
-        let frag = st.fragment_size() as u64;
-        let free = st.blocks_available() as u64 * frag;
-        let mut keep = reserve(st.blocks() as u64 * frag);
+        let frag = st.fragment_size();
+        let free = st.blocks_available() * frag;
+        let mut keep = reserve(st.blocks() * frag);
         if bytes < 4096 {
             // Records and counters (annotations, gc's counters) may use half the reserve.
             keep /= 2;
