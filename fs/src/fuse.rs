@@ -21,7 +21,9 @@ use fuser::{
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
-use helios_snapshot::{Ino, Kind, Name, RenameMode, SetAttr, SetTime, Stat, Workspace, XattrMode};
+use helios_snapshot::{
+    Ino, Kind, Name, RenameMode, SetAttr, SetTime, Special, Stat, Workspace, XattrMode,
+};
 use parking_lot::Mutex;
 
 use crate::errno::{errno, io_errno};
@@ -253,6 +255,9 @@ fn file_type(k: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
         Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::Socket => FileType::Socket,
     }
 }
 
@@ -292,7 +297,7 @@ pub(crate) fn attr(s: &Stat) -> FileAttr {
         nlink: s.nlink,
         uid: s.uid,
         gid: s.gid,
-        rdev: 0,
+        rdev: s.rdev as u32,
         blksize: 4096,
         flags: 0,
     }
@@ -326,6 +331,7 @@ const NEGATIVE_STAT: Stat = Stat {
     atime: 0,
     mtime: 0,
     ctime: 0,
+    rdev: 0,
 };
 
 impl Filesystem for HeliosFs {
@@ -439,19 +445,25 @@ impl Filesystem for HeliosFs {
         n: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFREG => Kind::File,
-            libc::S_IFIFO => Kind::Fifo,
-            _ => return reply.error(Errno::EPERM),
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some(Special::Fifo),
+            libc::S_IFSOCK => Some(Special::Socket),
+            libc::S_IFCHR => Some(Special::Char(rdev.into())),
+            libc::S_IFBLK => Some(Special::Block(rdev.into())),
+            _ => return reply.error(Errno::EINVAL),
         };
+        let (uid, gid, mode) = (req.uid(), req.gid(), mode & !umask);
         let result = name(n).and_then(|n| {
-            self.0
-                .ws
-                .create(ino(parent), &n, kind, mode & !umask, req.uid(), req.gid())
-                .map_err(|e| errno("mknod", &e))
+            let parent = ino(parent);
+            match special {
+                None => self.0.ws.create(parent, &n, Kind::File, mode, uid, gid),
+                Some(s) => self.0.ws.mknod(parent, &n, s, mode, uid, gid),
+            }
+            .map_err(|e| errno("mknod", &e))
         });
         reply_entry(reply, result);
     }

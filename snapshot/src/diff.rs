@@ -151,7 +151,7 @@ fn same_ignoring_mtime(a: &EntryKind, b: &EntryKind) -> bool {
         let mut k = k.clone();
         if let EntryKind::File { attrs, .. }
         | EntryKind::Symlink { attrs, .. }
-        | EntryKind::Fifo { attrs } = &mut k
+        | EntryKind::Special { attrs, .. } = &mut k
         {
             attrs.mtime = 0;
         }

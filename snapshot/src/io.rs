@@ -17,7 +17,7 @@ use crate::name::Name;
 use crate::repo::Repo;
 use crate::snapshot::{self, Metrics, Snapshot};
 use crate::store::{Batch, ObjectWriter, Store};
-use crate::tree::{self, Attrs, DirNode, EntryKind, TreeRef};
+use crate::tree::{self, Attrs, DirNode, EntryKind, Special, TreeRef};
 use crate::workspace::now;
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -144,13 +144,20 @@ fn import_dir(
                 attrs: attrs_of(&m),
                 target: target.as_os_str().as_bytes().to_vec(),
             }
-        } else if ft.is_fifo() {
-            EntryKind::Fifo {
-                attrs: attrs_of(&m),
-            }
         } else {
-            tracing::warn!(path = %p.display(), "skipping a socket or device file on import");
-            continue;
+            let special = if ft.is_fifo() {
+                Special::Fifo
+            } else if ft.is_char_device() {
+                Special::Char(m.rdev())
+            } else if ft.is_block_device() {
+                Special::Block(m.rdev())
+            } else {
+                Special::Socket
+            };
+            EntryKind::Special {
+                attrs: attrs_of(&m),
+                special,
+            }
         };
         *paths += 1;
         node.entries.push((name, kind));
@@ -189,9 +196,16 @@ fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
                     .map_err(io_err("symlink", &p))?;
                 set_attrs(&p, attrs, true)?;
             }
-            EntryKind::Fifo { attrs } => {
-                nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(|e| Error::io(format!("mkfifo {}", p.display()), e.into()))?;
+            EntryKind::Special { attrs, special } => {
+                use nix::sys::stat::{Mode, SFlag, mknod};
+                let kind = match special {
+                    Special::Fifo => SFlag::S_IFIFO,
+                    Special::Char(_) => SFlag::S_IFCHR,
+                    Special::Block(_) => SFlag::S_IFBLK,
+                    Special::Socket => SFlag::S_IFSOCK,
+                };
+                mknod(&p, kind, Mode::from_bits_truncate(0o600), special.rdev())
+                    .map_err(|e| Error::io(format!("mknod {}", p.display()), e.into()))?;
                 set_attrs(&p, attrs, false)?;
             }
         }

@@ -13,6 +13,8 @@ mod repo;
 mod snapshot;
 pub mod store;
 pub mod tree;
+
+pub use tree::Special;
 mod workspace;
 
 pub use diff::{Change, ChangeKind};

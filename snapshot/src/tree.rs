@@ -46,6 +46,47 @@ const KIND_FILE: u8 = 1;
 const KIND_DIR: u8 = 2;
 const KIND_SYMLINK: u8 = 3;
 const KIND_FIFO: u8 = 4;
+const KIND_CHAR: u8 = 5;
+const KIND_BLOCK: u8 = 6;
+const KIND_SOCKET: u8 = 7;
+
+/// A special file: what it is, and its device number for devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Special {
+    /// A named pipe.
+    Fifo,
+    /// A character device with this device number.
+    Char(u64),
+    /// A block device with this device number.
+    Block(u64),
+    /// A Unix domain socket's name.
+    Socket,
+}
+
+impl Special {
+    fn code(self) -> u8 {
+        match self {
+            Special::Fifo => KIND_FIFO,
+            Special::Char(_) => KIND_CHAR,
+            Special::Block(_) => KIND_BLOCK,
+            Special::Socket => KIND_SOCKET,
+        }
+    }
+
+    /// The device number (0 for pipes and sockets).
+    pub fn rdev(self) -> u64 {
+        match self {
+            Special::Char(d) | Special::Block(d) => d,
+            _ => 0,
+        }
+    }
+
+    fn put_rdev(self, out: &mut Vec<u8>) {
+        if let Special::Char(d) | Special::Block(d) = self {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+    }
+}
 
 /// Nanoseconds since the Unix epoch.
 pub type Nanos = i64;
@@ -102,10 +143,12 @@ pub enum EntryKind {
         /// Target, as bytes.
         target: Vec<u8>,
     },
-    /// A named pipe.
-    Fifo {
+    /// A named pipe, device or socket.
+    Special {
         /// Attributes.
         attrs: Attrs,
+        /// Which.
+        special: Special,
     },
 }
 
@@ -139,10 +182,12 @@ pub enum EntryRef<'a> {
         /// Target.
         target: &'a [u8],
     },
-    /// A named pipe.
-    Fifo {
+    /// A named pipe, device or socket.
+    Special {
         /// Attributes.
         attrs: &'a Attrs,
+        /// Which.
+        special: Special,
     },
 }
 
@@ -160,7 +205,10 @@ impl EntryKind {
                 bytes: *bytes,
             }),
             EntryKind::Symlink { attrs, target } => EntryRef::Symlink { attrs, target },
-            EntryKind::Fifo { attrs } => EntryRef::Fifo { attrs },
+            EntryKind::Special { attrs, special } => EntryRef::Special {
+                attrs,
+                special: *special,
+            },
         }
     }
 }
@@ -202,7 +250,16 @@ impl EntryRef<'_> {
                     target: tb,
                 },
             ) => ta == tb && attrs_eq(a, b),
-            (EntryRef::Fifo { attrs: a }, EntryRef::Fifo { attrs: b }) => attrs_eq(a, b),
+            (
+                EntryRef::Special {
+                    attrs: a,
+                    special: sa,
+                },
+                EntryRef::Special {
+                    attrs: b,
+                    special: sb,
+                },
+            ) => sa == sb && attrs_eq(a, b),
             _ => false,
         }
     }
@@ -307,11 +364,13 @@ fn encode_entries(
                     buf.extend_from_slice(target);
                 }
             }
-            EntryRef::Fifo { attrs } => {
-                out.push(KIND_FIFO);
-                scratch.push(KIND_FIFO);
+            EntryRef::Special { attrs, special } => {
+                out.push(special.code());
+                scratch.push(special.code());
                 put_attrs(out, attrs, true);
                 put_attrs(&mut scratch, attrs, false);
+                special.put_rdev(out);
+                special.put_rdev(&mut scratch);
             }
         }
         fp.update(&scratch);
@@ -550,7 +609,16 @@ fn decode_entries(r: &mut Reader<'_>, entries: &mut Vec<(Name, EntryKind)>) -> R
                         target: r.take(len)?.to_vec(),
                     }
                 }
-                KIND_FIFO => EntryKind::Fifo { attrs: r.attrs()? },
+                code @ (KIND_FIFO | KIND_CHAR | KIND_BLOCK | KIND_SOCKET) => {
+                    let attrs = r.attrs()?;
+                    let special = match code {
+                        KIND_FIFO => Special::Fifo,
+                        KIND_CHAR => Special::Char(r.u64()?),
+                        KIND_BLOCK => Special::Block(r.u64()?),
+                        _ => Special::Socket,
+                    };
+                    EntryKind::Special { attrs, special }
+                }
                 other => return Err(r.corrupt(&format!("unknown entry kind {other}"))),
             };
             entries.push((name, kind));
@@ -694,7 +762,7 @@ fn raw_entries<'a>(hash: &Hash, bytes: &'a [u8]) -> Result<Vec<RawEntry<'a>>> {
                 r.take(8)?;
                 (fp, &[][..])
             }
-            KIND_FILE | KIND_SYMLINK | KIND_FIFO => {
+            KIND_FILE | KIND_SYMLINK | KIND_FIFO | KIND_CHAR | KIND_BLOCK | KIND_SOCKET => {
                 let head = r.take(12)?;
                 r.take(8)?;
                 let start = r.pos;
@@ -706,6 +774,9 @@ fn raw_entries<'a>(hash: &Hash, bytes: &'a [u8]) -> Result<Vec<RawEntry<'a>>> {
                     KIND_SYMLINK => {
                         let n = r.u16()? as usize;
                         r.take(n)?;
+                    }
+                    KIND_CHAR | KIND_BLOCK => {
+                        r.take(8)?;
                     }
                     _ => {}
                 }
@@ -918,7 +989,10 @@ mod tests {
                 ),
                 (
                     Name::new(b"c").expect("name"),
-                    EntryKind::Fifo { attrs: attrs(0) },
+                    EntryKind::Special {
+                        attrs: attrs(0),
+                        special: Special::Fifo,
+                    },
                 ),
             ],
         }
@@ -985,7 +1059,10 @@ mod tests {
             }
             b.entries.push((
                 Name::new(b"zz").expect("name"),
-                EntryKind::Fifo { attrs: attrs(0) },
+                EntryKind::Special {
+                    attrs: attrs(0),
+                    special: Special::Fifo,
+                },
             ));
             assert_eq!(
                 count_changes(&store, &ta.node, &b.encode()).expect("count"),

@@ -36,7 +36,7 @@ use crate::name::Name;
 use crate::repo::Shared;
 use crate::snapshot::{self, Metrics, Snapshot};
 use crate::store::{Batch, Cf, Durability, ObjectWriter};
-use crate::tree::{self, Attrs, Content, EntryKind, EntryRef, Nanos, TARGET_MAX, TreeRef};
+use crate::tree::{self, Attrs, Content, EntryKind, EntryRef, Nanos, Special, TARGET_MAX, TreeRef};
 
 /// The largest extended attribute value accepted (Linux XATTR_SIZE_MAX).
 pub const XATTR_VALUE_MAX: usize = 64 << 10;
@@ -52,6 +52,12 @@ pub enum Kind {
     Symlink,
     /// Named pipe.
     Fifo,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Unix domain socket.
+    Socket,
 }
 
 /// Attributes of an inode, as `stat` reports them.
@@ -77,6 +83,8 @@ pub struct Stat {
     pub mtime: Nanos,
     /// Status change time.
     pub ctime: Nanos,
+    /// Device number of a character or block device; 0 otherwise.
+    pub rdev: u64,
 }
 
 /// One directory entry, as `readdir` reports it.
@@ -204,7 +212,7 @@ enum Node {
     },
     File(FileData),
     Symlink(Vec<u8>),
-    Fifo,
+    Special(Special),
 }
 
 struct Inode {
@@ -243,7 +251,10 @@ impl Inode {
             Node::Dir { .. } => Kind::Dir,
             Node::File(_) => Kind::File,
             Node::Symlink(_) => Kind::Symlink,
-            Node::Fifo => Kind::Fifo,
+            Node::Special(Special::Fifo) => Kind::Fifo,
+            Node::Special(Special::Char(_)) => Kind::CharDev,
+            Node::Special(Special::Block(_)) => Kind::BlockDev,
+            Node::Special(Special::Socket) => Kind::Socket,
         }
     }
 }
@@ -473,6 +484,7 @@ impl Workspace {
             }
             s.size = meta.len();
             s.mtime = mtime;
+            s.ctime = s.ctime.max(file_ctime(&meta));
         }
         Some(Ok(s))
     }
@@ -547,6 +559,7 @@ impl Workspace {
             let mtime = file_mtime(&meta);
             s.size = meta.len();
             s.mtime = mtime;
+            s.ctime = s.ctime.max(file_ctime(&meta));
             st.sync_owned(ino, meta.len(), mtime);
         }
         Ok(s)
@@ -582,14 +595,31 @@ impl Workspace {
                 chunked: false,
                 size: 0,
             })),
-            Kind::Fifo => Node::Fifo,
+            Kind::Fifo => Node::Special(Special::Fifo),
+            Kind::Socket => Node::Special(Special::Socket),
             _ => {
                 return Err(Error::InvalidArgument(
-                    "create makes files and fifos".into(),
+                    "create makes files, fifos and sockets; mknod makes devices".into(),
                 ));
             }
         };
         Ok(self.create_inner(parent, name, node, mode, uid, gid)?.0)
+    }
+
+    /// Creates a special file: a named pipe, a device node or a socket's name.
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &Name,
+        special: Special,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Stat> {
+        self.check_writable()?;
+        Ok(self
+            .create_inner(parent, name, Node::Special(special), mode, uid, gid)?
+            .0)
     }
 
     /// Creates a regular file and returns it open (read-write) with its attributes: what
@@ -633,7 +663,7 @@ impl Workspace {
             st.note_written(ino, Some(0), None)?;
         }
         st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
-        let stat = st.stat_loaded(ino)?;
+        let stat = self.stat(&mut st, ino)?;
         Ok((stat, file))
     }
 
@@ -1299,6 +1329,11 @@ fn file_mtime(meta: &std::fs::Metadata) -> Nanos {
     meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
 
+fn file_ctime(meta: &std::fs::Metadata) -> Nanos {
+    use std::os::unix::fs::MetadataExt;
+    meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
+}
+
 fn time_of(ns: Nanos) -> std::time::SystemTime {
     let epoch = std::time::UNIX_EPOCH;
     if ns >= 0 {
@@ -1639,7 +1674,7 @@ impl State {
             }
             EntryKind::File { attrs, .. }
             | EntryKind::Symlink { attrs, .. }
-            | EntryKind::Fifo { attrs } => {
+            | EntryKind::Special { attrs, .. } => {
                 i.attrs = attrs;
             }
         }
@@ -1719,7 +1754,7 @@ impl State {
             } => (4096, 2 + *subdirs as usize),
             Node::Dir { .. } => (4096, 2),
             Node::Symlink(t) => (t.len() as u64, i.parents.len()),
-            Node::Fifo => (0, i.parents.len()),
+            Node::Special(_) => (0, i.parents.len()),
         };
         let nlink = if i.kind() != Kind::Dir && i.parents.is_empty() {
             0
@@ -1737,6 +1772,10 @@ impl State {
             atime: i.atime,
             mtime: i.attrs.mtime,
             ctime: i.ctime,
+            rdev: match &i.node {
+                Node::Special(s) => s.rdev(),
+                _ => 0,
+            },
         })
     }
 
@@ -1902,8 +1941,9 @@ impl State {
 
     /// Marks a file's own copy changed. `Some(end)`: a write reached `end`; `None` with
     /// `exact`: the size is exactly what the own copy holds now.
+    /// Times are not set here: the own copy's mtime and ctime are what stat reports, and
+    /// a flush or open that wrote nothing must not move them.
     fn note_written(&mut self, ino: Ino, end: Option<u64>, exact: Option<u64>) -> Result<()> {
-        let t = now();
         let i = self.inode_mut(ino)?;
         if let Node::File(FileData::Owned {
             size, committed, ..
@@ -1917,8 +1957,6 @@ impl State {
             }
             *committed = None;
         }
-        i.attrs.mtime = t;
-        i.ctime = t;
         self.touch(ino);
         Ok(())
     }
@@ -2031,7 +2069,10 @@ impl State {
                 attrs: &i.attrs,
                 target,
             },
-            Node::Fifo => EntryRef::Fifo { attrs: &i.attrs },
+            Node::Special(special) => EntryRef::Special {
+                attrs: &i.attrs,
+                special: *special,
+            },
         })
     }
 
@@ -2107,7 +2148,7 @@ fn inode_from_entry(kind: EntryKind, parent: Ino, name: &Name, generation: u64) 
         }
         EntryKind::File { attrs, content } => (Node::File(FileData::Clean(content)), attrs),
         EntryKind::Symlink { attrs, target } => (Node::Symlink(target), attrs),
-        EntryKind::Fifo { attrs } => (Node::Fifo, attrs),
+        EntryKind::Special { attrs, special } => (Node::Special(special), attrs),
     };
     Inode {
         node,

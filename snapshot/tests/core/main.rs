@@ -49,6 +49,7 @@ pub fn contents(ws: &Workspace) -> Vec<(String, Option<Vec<u8>>)> {
                     Some(t)
                 }
                 Kind::Fifo => Some(b"|fifo".to_vec()),
+                Kind::CharDev | Kind::BlockDev | Kind::Socket => Some(b"|special".to_vec()),
                 Kind::Dir => None,
             };
             (path, data)

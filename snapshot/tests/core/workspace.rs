@@ -285,6 +285,11 @@ fn xattrs_symlinks_fifos_and_modes_are_snapshotted() {
         .expect("symlink");
     ws.create(Ino::ROOT, &n("pipe"), Kind::Fifo, 0o600, 0, 0)
         .expect("fifo");
+    ws.create(Ino::ROOT, &n("sock"), Kind::Socket, 0o600, 0, 0)
+        .expect("socket");
+    let null = helios_snapshot::Special::Char(0x0103);
+    ws.mknod(Ino::ROOT, &n("null"), null, 0o666, 0, 0)
+        .expect("char device");
     ws.setattr(
         f,
         SetAttr {
@@ -316,6 +321,14 @@ fn xattrs_symlinks_fifos_and_modes_are_snapshotted() {
             .kind,
         Kind::Fifo
     );
+    let sock = other
+        .getattr(other.resolve("sock").expect("sock"))
+        .expect("stat");
+    assert_eq!(sock.kind, Kind::Socket);
+    let dev = other
+        .getattr(other.resolve("null").expect("null"))
+        .expect("stat");
+    assert_eq!((dev.kind, dev.rdev), (Kind::CharDev, 0x0103));
     assert_eq!(contents(&ws), contents(&other));
 }
 
