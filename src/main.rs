@@ -280,7 +280,8 @@ fn run(cli: Cli) -> Result<()> {
             mount: helios_fs::MountOptions {
                 threads,
                 passthrough: !no_passthrough,
-                allow_other: true,
+                // allow_other needs root (or user_allow_other in /etc/fuse.conf).
+                allow_other: nix::unistd::geteuid().is_root(),
             },
         };
         return helios_daemon::serve(config).map_err(Into::into);
