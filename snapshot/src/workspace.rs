@@ -266,7 +266,6 @@ struct State {
     /// Inode numbers are small sequential integers: a fast non-cryptographic hash fits.
     inodes: FxHashMap<Ino, Inode>,
     next_ino: u64,
-    next_file: u64,
     generation: u64,
     /// Own-copy files of freed inodes, to delete once the lock is released.
     dead_files: Vec<u64>,
@@ -278,6 +277,8 @@ pub struct Workspace {
     id: WorkspaceId,
     dir: PathBuf,
     read_only: bool,
+    /// Next own-copy file id.
+    next_file: AtomicU64,
     /// Shared for lookups and reads of loaded state, exclusive for changes and loads.
     state: RwLock<State>,
 }
@@ -328,13 +329,13 @@ impl Workspace {
             id: rec.id,
             dir,
             read_only: rec.read_only,
+            next_file: AtomicU64::new(1),
             state: RwLock::new(State {
                 base: rec.base,
                 base_root: rec.base_root,
                 props: rec.props.clone(),
                 inodes,
                 next_ino: 2,
-                next_file: 1,
                 generation: 0,
                 dead_files: Vec::new(),
             }),
@@ -492,6 +493,9 @@ impl Workspace {
     /// Changes attributes; a size change truncates or extends the file.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Stat> {
         self.check_writable()?;
+        if set.size.is_some_and(|s| s > 0) {
+            self.copy_up(ino)?;
+        }
         let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         let t = now();
@@ -890,6 +894,7 @@ impl Workspace {
     /// Writes `data` at `offset` (past the end leaves a hole); returns bytes written.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         self.check_writable()?;
+        self.copy_up(ino)?;
         let file = {
             let mut st = self.state.write();
             if st.inode(ino)?.kind() != Kind::File {
@@ -924,6 +929,10 @@ impl Workspace {
                     .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
                 return Ok((Arc::new(f), false));
             }
+        }
+        if write && !truncate {
+            self.check_writable()?;
+            self.copy_up(ino)?;
         }
         let mut st = self.state.write();
         if st.inode(ino)?.kind() != Kind::File {
@@ -1228,8 +1237,32 @@ impl Workspace {
             Node::File(FileData::Owned { .. }) => return Ok((self.owned_file(st, ino)?, false)),
             _ => return Err(Error::InvalidArgument("not a regular file".into())),
         };
-        let id = st.next_file;
-        st.next_file += 1;
+        let id = self.next_file.fetch_add(1, Relaxed);
+        let mut f = self.new_data_file(id)?;
+        let size = if empty {
+            0
+        } else {
+            let mtime = st.inode(ino)?.attrs.mtime;
+            self.copy_content(&mut f, &content, mtime)?;
+            content.size
+        };
+        let file = Arc::new(f);
+        let committed = (!empty || content.size == 0).then_some(content);
+        if let Node::File(data) = &mut st.inode_mut(ino)?.node {
+            *data = FileData::Owned {
+                id,
+                size,
+                committed,
+            };
+        }
+        if committed.is_none() {
+            st.touch(ino);
+        }
+        Ok((file, true))
+    }
+
+    /// Creates own-copy file `id`.
+    fn new_data_file(&self, id: u64) -> Result<File> {
         let path = self.data_path(id);
         let create = || {
             std::fs::OpenOptions::new()
@@ -1247,33 +1280,53 @@ impl Workspace {
             }
             other => other,
         };
-        let mut f = created.map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        let size = if empty {
-            0
-        } else {
-            let mut out = std::io::BufWriter::with_capacity(256 << 10, &mut f);
-            tree::write_content(&self.shared.store, &content, &mut out)?;
-            out.flush().map_err(|e| Error::io("copy up", e))?;
-            drop(out);
-            // A copy-up changes nothing the caller can see, the mtime included.
-            let mtime = st.inode(ino)?.attrs.mtime;
-            f.set_modified(time_of(mtime))
-                .map_err(|e| Error::io("copy up", e))?;
-            content.size
+        created.map_err(|e| Error::io(format!("create {}", path.display()), e))
+    }
+
+    /// Writes `content` into a new own copy, keeping the mtime: a copy-up changes
+    /// nothing the caller can see.
+    fn copy_content(&self, f: &mut File, content: &Content, mtime: Nanos) -> Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(256 << 10, &mut *f);
+        tree::write_content(&self.shared.store, content, &mut out)?;
+        out.flush().map_err(|e| Error::io("copy up", e))?;
+        drop(out);
+        f.set_modified(time_of(mtime))
+            .map_err(|e| Error::io("copy up", e))
+    }
+
+    /// Copies a clean file into its own copy without holding the workspace lock, so
+    /// that copying a large file does not stall every other operation; a no-op for a
+    /// file that has its own copy already.
+    fn copy_up(&self, ino: Ino) -> Result<()> {
+        let (content, mtime) = {
+            let st = self.state.read();
+            let i = st.inode(ino)?;
+            match &i.node {
+                Node::File(FileData::Clean(c)) => (*c, i.attrs.mtime),
+                _ => return Ok(()),
+            }
         };
-        let file = Arc::new(f);
-        let committed = (!empty || content.size == 0).then_some(content);
-        if let Node::File(data) = &mut st.inode_mut(ino)?.node {
-            *data = FileData::Owned {
-                id,
-                size,
-                committed,
-            };
+        let id = self.next_file.fetch_add(1, Relaxed);
+        let mut f = self.new_data_file(id)?;
+        if let Err(e) = self.copy_content(&mut f, &content, mtime) {
+            let _ = std::fs::remove_file(self.data_path(id));
+            return Err(e);
         }
-        if committed.is_none() {
-            st.touch(ino);
+        let mut st = self.state.write();
+        let i = st.inode_mut(ino)?;
+        match &i.node {
+            Node::File(FileData::Clean(c)) if *c == content => {
+                i.node = Node::File(FileData::Owned {
+                    id,
+                    size: content.size,
+                    committed: Some(content),
+                });
+            }
+            // Copied or changed meanwhile: this copy is not needed.
+            _ => st.dead_files.push(id),
         }
-        Ok((file, true))
+        self.remove_dead_files(&mut st);
+        Ok(())
     }
 
     fn owned_file(&self, st: &State, ino: Ino) -> Result<Arc<File>> {
