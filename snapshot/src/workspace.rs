@@ -189,6 +189,9 @@ enum FileData {
         size: u64,
         /// The content as last committed, while the file has not changed since.
         committed: Option<Content>,
+        /// Changes noted so far: a snapshot hashes own copies outside the lock and uses
+        /// the result only if this did not move meanwhile.
+        writes: u64,
     },
 }
 
@@ -269,6 +272,16 @@ struct State {
     generation: u64,
     /// Own-copy files of freed inodes, to delete once the lock is released.
     dead_files: Vec<u64>,
+    /// Contents of own copies hashed by a snapshot outside the lock (see `prehash`).
+    prehashed: FxHashMap<Ino, Prehashed>,
+}
+
+/// An own copy hashed without the lock, valid while its `writes` count is unchanged.
+struct Prehashed {
+    id: u64,
+    writes: u64,
+    content: Content,
+    mtime: Nanos,
 }
 
 /// A mutable working directory over a base snapshot.
@@ -338,6 +351,7 @@ impl Workspace {
                 next_ino: 2,
                 generation: 0,
                 dead_files: Vec::new(),
+                prehashed: FxHashMap::default(),
             }),
         })
     }
@@ -509,11 +523,15 @@ impl Workspace {
             let (file, _) = self.own(&mut st, ino, size == 0)?;
             file.set_len(size).map_err(|e| Error::io("truncate", e))?;
             if let Node::File(FileData::Owned {
-                size: s, committed, ..
+                size: s,
+                committed,
+                writes,
+                ..
             }) = &mut st.inode_mut(ino)?.node
             {
                 *s = size;
                 *committed = None;
+                *writes += 1;
             }
             let i = st.inode_mut(ino)?;
             i.attrs.mtime = t;
@@ -1108,8 +1126,9 @@ impl Workspace {
         self.check_writable()?;
         let _gc = self.shared.gc_lock.read();
         let start = Instant::now();
-        let mut st = self.state.write();
         let mut w = self.shared.store.writer();
+        self.prehash(&mut w)?;
+        let mut st = self.state.write();
         let mut changed = 0u64;
         let mut cleaned = Vec::new();
         let result = (|| {
@@ -1133,6 +1152,8 @@ impl Workspace {
             };
             Ok::<_, Error>(snap)
         })();
+        // Results the commit did not use (files gone meanwhile) must not outlive it.
+        st.prehashed.clear();
         let mut snap = match result {
             Ok(s) => s,
             Err(e) => {
@@ -1158,6 +1179,36 @@ impl Workspace {
             return Err(e);
         }
         Ok(snap)
+    }
+
+    /// Hashes the changed own copies without holding the lock, so that a snapshot of a
+    /// large change does not stall the workspace; the commit then uses each result whose
+    /// file did not change meanwhile, and hashes the others itself.
+    fn prehash(&self, w: &mut ObjectWriter<'_>) -> Result<()> {
+        let pending = self.state.read().pending_files();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::with_capacity(pending.len());
+        for (ino, id, writes) in pending {
+            let path = self.data_path(id);
+            let Ok(f) = File::open(&path) else { continue };
+            let meta = f
+                .metadata()
+                .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+            let content = tree::store_file(w, f)?;
+            done.push((
+                ino,
+                Prehashed {
+                    id,
+                    writes,
+                    content,
+                    mtime: file_mtime(&meta),
+                },
+            ));
+        }
+        self.state.write().prehashed = done.into_iter().collect();
+        Ok(())
     }
 
     /// Switches to snapshot `id` in place. Refuses with `Dirty` when there are
@@ -1253,6 +1304,7 @@ impl Workspace {
                 id,
                 size,
                 committed,
+                writes: 0,
             };
         }
         if committed.is_none() {
@@ -1320,6 +1372,7 @@ impl Workspace {
                     id,
                     size: content.size,
                     committed: Some(content),
+                    writes: 0,
                 });
             }
             // Copied or changed meanwhile: this copy is not needed.
@@ -1429,6 +1482,37 @@ impl State {
             .collect()
     }
 
+    /// Own copies a commit would hash now: (inode, file id, writes), found by walking
+    /// only dirty directories.
+    fn pending_files(&self) -> Vec<(Ino, u64, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![Ino::ROOT];
+        while let Some(dir) = stack.pop() {
+            if !self.needs_commit(dir) {
+                continue;
+            }
+            let Ok(entries) = self.entries(dir) else {
+                continue;
+            };
+            for child in entries.values() {
+                match self.inodes.get(child).map(|i| &i.node) {
+                    Some(Node::File(FileData::Owned {
+                        id,
+                        committed: None,
+                        writes,
+                        ..
+                    })) => out.push((*child, *id, *writes)),
+                    Some(Node::Dir { .. }) => stack.push(*child),
+                    _ => {}
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The own-copy id of a file that has one.
     fn owned_id(&self, ino: Ino) -> Option<u64> {
         match self.inodes.get(&ino).map(|i| &i.node) {
             Some(Node::File(FileData::Owned { id, .. })) => Some(*id),
@@ -1444,12 +1528,16 @@ impl State {
         };
         let changed = match &mut i.node {
             Node::File(FileData::Owned {
-                size, committed, ..
+                size,
+                committed,
+                writes,
+                ..
             }) => {
                 let changed = *size != real_size || i.attrs.mtime != real_mtime;
                 if changed {
                     *size = real_size;
                     *committed = None;
+                    *writes += 1;
                 }
                 changed
             }
@@ -1999,9 +2087,13 @@ impl State {
     fn note_written(&mut self, ino: Ino, end: Option<u64>, exact: Option<u64>) -> Result<()> {
         let i = self.inode_mut(ino)?;
         if let Node::File(FileData::Owned {
-            size, committed, ..
+            size,
+            committed,
+            writes,
+            ..
         }) = &mut i.node
         {
+            *writes += 1;
             if let Some(end) = end {
                 *size = (*size).max(end);
             }
@@ -2136,14 +2228,30 @@ impl State {
         w: &mut ObjectWriter<'_>,
         cleaned: &mut Vec<Ino>,
     ) -> Result<Content> {
-        let id = match &self.inode(ino)?.node {
+        let (id, writes) = match &self.inode(ino)?.node {
             Node::File(FileData::Clean(c)) => return Ok(*c),
             Node::File(FileData::Owned {
                 committed: Some(c), ..
             }) => return Ok(*c),
-            Node::File(FileData::Owned { id, .. }) => *id,
+            Node::File(FileData::Owned { id, writes, .. }) => (*id, *writes),
             _ => return Err(Error::InvalidArgument("not a file".into())),
         };
+        if let Some(pre) = self.prehashed.remove(&ino)
+            && pre.writes == writes
+            && pre.id == id
+        {
+            let i = self.inode_mut(ino)?;
+            i.attrs.mtime = pre.mtime;
+            if let Node::File(FileData::Owned {
+                committed, size, ..
+            }) = &mut i.node
+            {
+                *committed = Some(pre.content);
+                *size = pre.content.size;
+            }
+            cleaned.push(ino);
+            return Ok(pre.content);
+        }
         let path = ws.data_path(id);
         let f = File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         let meta = f
