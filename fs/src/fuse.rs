@@ -122,24 +122,11 @@ impl Inner {
         v
     }
 
-    /// Syncs every file open for writing so a snapshot reads what callers wrote.
+    /// Counts every file open for writing as changed, so that a snapshot hashes what
+    /// callers wrote through passthrough (which never reaches this process).
     pub(crate) fn flush_writers(&self) -> helios_snapshot::Result<()> {
-        let files: Vec<(Ino, Arc<File>)> = self
-            .handles
-            .lock()
-            .values()
-            .filter_map(|h| match &**h {
-                Handle::File {
-                    ino,
-                    file,
-                    write: true,
-                    ..
-                } => Some((*ino, file.clone())),
-                _ => None,
-            })
-            .collect();
-        for (ino, _) in &files {
-            self.ws.note_write(*ino)?;
+        for ino in self.writable_inodes() {
+            self.ws.note_write(ino)?;
         }
         Ok(())
     }

@@ -160,11 +160,6 @@ impl Mount {
         Ok(())
     }
 
-    /// Inodes with handles open for writing (for diagnostics and tests).
-    pub fn writers(&self) -> usize {
-        self.inner.writable_inodes().len()
-    }
-
     /// Unmounts and waits for the session to end.
     pub fn unmount(self) -> Result<()> {
         self.stop()
