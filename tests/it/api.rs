@@ -34,6 +34,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     fs::write(&file, "").expect("write");
     let full = d.path("full");
     fs::create_dir(&full).expect("mkdir");
+    fs::create_dir(d.path("mp2")).expect("mkdir");
     fs::write(full.join("x"), "").expect("write");
     let big = format!("{{\"path\": \"{}\"}}", "a".repeat(2 << 20));
     let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
@@ -93,8 +94,8 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "{{\"mountpoint\": {:?}, \"from\": \"s999\"}}",
                 d.path("mp2")
             )),
-            400,
-            "bad_request",
+            404,
+            "not_found",
         ),
         (
             "POST",
