@@ -940,6 +940,22 @@ impl Filesystem for HeliosFs {
         }
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No device-like controls on workspace files. ENOTTY is what a regular file
+        // answers (Python's open() asks isatty() of every file it opens).
+        reply.error(Errno::ENOTTY);
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

@@ -79,8 +79,10 @@ fn files_and_directories_with_errno() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(names, vec!["a.txt"]);
-    // statfs answers.
+    // statfs answers; a file is not a terminal (ioctl answers ENOTTY, not ENOSYS).
     nix::sys::statvfs::statvfs(&fx.path).expect("statfs");
+    let f = File::open(fx.p("a.txt")).expect("open");
+    assert_eq!(nix::unistd::isatty(&f), Ok(false));
 }
 
 #[test]
