@@ -133,3 +133,65 @@ fn a_process_inside_the_mount_sees_the_new_tree() {
     assert!(child.wait().expect("wait").success());
     assert_eq!(rest.trim(), "after");
 }
+
+#[test]
+fn snapshots_while_writers_run_stay_consistent() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fx = Fixture::new();
+    for t in 0..3 {
+        fs::create_dir(fx.p(&format!("t{t}"))).expect("mkdir");
+    }
+    let stop = AtomicBool::new(false);
+    let mut snaps = Vec::new();
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let dir = fx.p(&format!("t{t}"));
+            let stop = &stop;
+            s.spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let f = dir.join(format!("f{}", i % 20));
+                    fs::write(&f, format!("{t}:{i}").repeat(1 + (i % 50) as usize)).expect("write");
+                    if i.is_multiple_of(7) {
+                        let _ = fs::rename(&f, dir.join(format!("r{}", i % 5)));
+                    }
+                    if i.is_multiple_of(11) {
+                        let mut h = OpenOptions::new()
+                            .append(true)
+                            .open(dir.join("log"))
+                            .or_else(|_| File::create(dir.join("log")))
+                            .expect("log");
+                        h.write_all(b"line\n").expect("append");
+                    }
+                    i += 1;
+                }
+            });
+        }
+        for _ in 0..15 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            snaps.push(
+                fx.mount()
+                    .snapshot(None, Default::default())
+                    .expect("snapshot under load"),
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    // Quiet now: the last snapshot is exactly the live tree.
+    let last = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let out = tempfile::tempdir().expect("tempdir");
+    fx.repo
+        .export(last.id, &out.path().join("e"))
+        .expect("export");
+    assert_eq!(super::tree(&out.path().join("e")), super::tree(&fx.path));
+    // Every snapshot taken under load is whole.
+    for s in &snaps {
+        let dir = out.path().join(s.id.to_string());
+        fx.repo.export(s.id, &dir).expect("export");
+    }
+    let fsck = fx.repo.fsck().expect("fsck");
+    assert!(fsck.ok(), "{:?}", fsck.errors);
+}
