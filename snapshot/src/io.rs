@@ -67,6 +67,7 @@ impl Repo {
         snapshot::stage_insert(&mut batch, &snap);
         self.shared.stage_counters(&mut batch);
         w.commit(batch)?;
+        self.shared.count_snapshots(1, snap.bytes as i64);
         Ok(snap)
     }
 

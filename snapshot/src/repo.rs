@@ -34,6 +34,10 @@ pub(crate) struct Shared {
     pub(crate) gc_lock: RwLock<()>,
     next_snapshot: AtomicU64,
     next_workspace: AtomicU64,
+    /// Snapshots and their summed file bytes, counted at open and kept current, so that
+    /// stats (and every metrics scrape) cost O(1), not a scan of every record.
+    snapshot_count: AtomicU64,
+    logical_bytes: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -65,6 +69,17 @@ impl Shared {
 
     pub(crate) fn alloc_snapshot_id(&self) -> SnapshotId {
         SnapshotId(self.next_snapshot.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Counts snapshots added (positive) or removed (negative) with their bytes.
+    pub(crate) fn count_snapshots(&self, n: i64, bytes: i64) {
+        let add = |a: &AtomicU64, d: i64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add_signed(d))
+            });
+        };
+        add(&self.snapshot_count, n);
+        add(&self.logical_bytes, bytes);
     }
 
     fn alloc_workspace_id(&self) -> WorkspaceId {
@@ -197,10 +212,14 @@ impl Repo {
         // Counters are written with each record; records written after the counter (by a
         // concurrent commit) are found by scanning from it.
         let mut next_snapshot = read_counter(META_NEXT_SNAPSHOT)?.max(1);
-        store.backend().scan(Cf::Snapshots, &[], &mut |k, _| {
+        let (mut count, mut logical) = (0u64, 0u64);
+        store.backend().scan(Cf::Snapshots, &[], &mut |k, v| {
             if let Some(id) = SnapshotId::from_key(k) {
                 next_snapshot = next_snapshot.max(id.0 + 1);
             }
+            let s: Snapshot = snapshot::decode_record(&format!("snapshots/{k:?}"), v)?;
+            count += 1;
+            logical = logical.saturating_add(s.bytes);
             Ok(true)
         })?;
         let mut next_workspace = read_counter(META_NEXT_WORKSPACE)?.max(1);
@@ -217,6 +236,8 @@ impl Repo {
             gc_lock: RwLock::new(()),
             next_snapshot: AtomicU64::new(next_snapshot),
             next_workspace: AtomicU64::new(next_workspace),
+            snapshot_count: AtomicU64::new(count),
+            logical_bytes: AtomicU64::new(logical),
         });
         Ok(Repo {
             shared,
@@ -355,6 +376,13 @@ impl Repo {
             });
         }
         self.backend().write(batch, Durability::Sync)?;
+        let bytes: u64 = order
+            .iter()
+            .filter(|s| !keep.contains(&s.id))
+            .map(|s| s.bytes)
+            .sum();
+        self.shared
+            .count_snapshots(-(removed.len() as i64), -(bytes as i64));
         Ok(removed)
     }
 
@@ -484,14 +512,8 @@ impl Repo {
     /// Store and graph counters.
     pub fn stats(&self) -> Result<Stats> {
         let store = self.shared.store.stats();
-        let mut logical = 0u64;
-        let mut snapshots = 0u64;
-        self.backend().scan(Cf::Snapshots, &[], &mut |k, v| {
-            let s: Snapshot = snapshot::decode_record(&format!("snapshots/{k:?}"), v)?;
-            logical = logical.saturating_add(s.bytes);
-            snapshots += 1;
-            Ok(true)
-        })?;
+        let logical = self.shared.logical_bytes.load(Ordering::Relaxed);
+        let snapshots = self.shared.snapshot_count.load(Ordering::Relaxed);
         let mut workspaces = 0u64;
         self.backend().scan(Cf::Workspaces, &[], &mut |_, _| {
             workspaces += 1;

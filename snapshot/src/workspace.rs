@@ -1178,6 +1178,7 @@ impl Workspace {
             st.uncommit(&cleaned);
             return Err(e);
         }
+        self.shared.count_snapshots(1, snap.bytes as i64);
         Ok(snap)
     }
 
