@@ -48,20 +48,29 @@ fn bench_dir() -> PathBuf {
     std::env::var_os("HELIOS_BENCH_DIR").map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from)
 }
 
-/// Writes `files` text files of ~`size` bytes into `root`: dirs of 100 files, 10 per level.
-fn make_tree(root: &Path, files: usize, size: usize, rng: &mut Rng) -> Vec<String> {
+/// Writes `files` text files of ~`size` bytes into `root`: leaf directories of
+/// `per_dir` files, three levels of directories above them, 10 per level at most.
+fn make_tree_with(
+    root: &Path,
+    files: usize,
+    size: usize,
+    per_dir: usize,
+    rng: &mut Rng,
+) -> Vec<String> {
     let mut paths = Vec::with_capacity(files);
+    let leaves = files.div_ceil(per_dir);
+    let fan = (leaves as f64).cbrt().ceil() as usize;
     for i in 0..files {
-        let leaf = i / 100;
+        let leaf = i / per_dir;
         let rel = format!(
             "d{}/d{}/d{}/f{}.rs",
-            leaf / 100,
-            (leaf / 10) % 10,
-            leaf % 10,
-            i % 100
+            leaf / (fan * fan),
+            (leaf / fan) % fan,
+            leaf % fan,
+            i % per_dir
         );
         let p = root.join(&rel);
-        if i % 100 == 0 {
+        if i % per_dir == 0 {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         }
         let len = size / 2 + (rng.next() as usize % size);
@@ -69,6 +78,11 @@ fn make_tree(root: &Path, files: usize, size: usize, rng: &mut Rng) -> Vec<Strin
         paths.push(rel);
     }
     paths
+}
+
+/// `make_tree_with` leaves of 100 files.
+fn make_tree(root: &Path, files: usize, size: usize, rng: &mut Rng) -> Vec<String> {
+    make_tree_with(root, files, size, 100, rng)
 }
 
 struct Fixture {
@@ -79,10 +93,14 @@ struct Fixture {
 }
 
 fn fixture(files: usize) -> Fixture {
+    fixture_with(files, 100)
+}
+
+fn fixture_with(files: usize, per_dir: usize) -> Fixture {
     let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
     let src = dir.path().join("src");
     let mut rng = Rng(0x5eed);
-    let paths = make_tree(&src, files, 2048, &mut rng);
+    let paths = make_tree_with(&src, files, 2048, per_dir, &mut rng);
     let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open"));
     let base = repo.import(&src, None).expect("import");
     Fixture {
@@ -119,6 +137,26 @@ fn snapshot_benches(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // The same, in a source-tree-like layout: leaf directories of 20 files.
+    let fx20 = fixture_with(100_000, 20);
+    let mut g = c.benchmark_group("snapshot_100k_tree_20_per_dir");
+    for k in [1usize, 10] {
+        let ws = fx20
+            .repo
+            .create_workspace(Some(fx20.base.id), false, Default::default())
+            .expect("fork");
+        let mut rng = Rng(k as u64 + 1);
+        g.bench_function(format!("{k}_changed_files"), |b| {
+            b.iter_batched(
+                || change(&ws, &fx20.paths, k, &mut rng),
+                |()| black_box(ws.snapshot(None, Default::default()).expect("snapshot")),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    drop(fx20);
 
     let mut g = c.benchmark_group("vst_100k_tree");
     g.bench_function("fork", |b| {
