@@ -330,7 +330,11 @@ impl Filesystem for HeliosFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2
-            | InitFlags::FUSE_EXPORT_SUPPORT;
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            // With it the kernel checks ACLs and, after setting one, drops the inode's
+            // cached attributes, so the mode the workspace derives from an access ACL
+            // (`sed -i` and `cp -p` copy modes that way) is what stat shows next.
+            | InitFlags::FUSE_POSIX_ACL;
         let _ = config.add_capabilities(wanted & caps);
         if self.0.want_passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH) {
             // Depth 0 (the default) makes the kernel refuse every backing file.

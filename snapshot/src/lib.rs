@@ -2,6 +2,7 @@
 //! RocksDB), immutable Merkle trees, the snapshot tree, and mutable copy-on-write
 //! workspaces with O(1) fork and checkout. No FUSE, no async runtime, no wire types.
 
+mod acl;
 mod diff;
 mod error;
 mod gc;

@@ -29,6 +29,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::acl;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::ids::{Ino, SnapshotId, WorkspaceId};
@@ -1079,6 +1080,14 @@ impl Workspace {
                 value.len()
             )));
         }
+        let acl = if name == acl::ACCESS {
+            Some(
+                acl::effect(value)
+                    .ok_or_else(|| Error::InvalidArgument("malformed POSIX ACL".into()))?,
+            )
+        } else {
+            None
+        };
         let mut st = self.state.write();
         st.load_if_dir(&self.shared, ino)?;
         let i = st.inode_mut(ino)?;
@@ -1089,8 +1098,17 @@ impl Workspace {
         match (pos, mode) {
             (Ok(_), XattrMode::Create) => return Err(Error::AlreadyExists("xattr".into())),
             (Err(_), XattrMode::Replace) => return Err(Error::NoAttr),
+            // An access ACL sets the mode's permission bits; one that says no more than
+            // the mode is not kept (as on ext4).
+            (Ok(p), _) if acl.is_some_and(|a| a.minimal) => {
+                i.attrs.xattrs.remove(p);
+            }
+            (Err(_), _) if acl.is_some_and(|a| a.minimal) => {}
             (Ok(p), _) => i.attrs.xattrs[p].1 = value.to_vec(),
             (Err(p), _) => i.attrs.xattrs.insert(p, (name.to_vec(), value.to_vec())),
+        }
+        if let Some(a) = acl {
+            i.attrs.mode = (i.attrs.mode & !0o777) | a.perms;
         }
         i.ctime = now();
         st.touch(ino);

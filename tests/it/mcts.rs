@@ -73,8 +73,35 @@ fn mcts_cycle_through_the_cli() {
         .map(|c| c["path"].as_str().expect("path"))
         .collect();
     assert_eq!(paths, vec!["branch.txt", "src/main.py"]);
-    // Transpositions: a root query finds equal states.
+    // Transpositions: another path to child 2's state has its root, and a root query
+    // finds both.
     let best = &children[2];
+    let again = d.path("again");
+    let w = d.json(&["mount", again.to_str().expect("utf8"), "--from", &root_id]);
+    fs::write(again.join("branch.txt"), "branch2\n").expect("write");
+    let main_py = fs::read_to_string(again.join("src/main.py")).expect("read");
+    fs::write(
+        again.join("src/main.py"),
+        main_py.replace("return 0", "return 2"),
+    )
+    .expect("write");
+    let t = d.json(&["snapshot", w["id"].as_str().expect("id")]);
+    let best_snap = d.http("GET", &format!("/v1/snapshots/{}", best.1), None).1;
+    assert_eq!(t["root"], best_snap["root"], "same files, same root");
+    let root = t["root"].as_str().expect("root");
+    let (st, same) = d.http("GET", &format!("/v1/snapshots?root={root}"), None);
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = same
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![best.1.as_str(), t["id"].as_str().expect("id")]);
+    let (_, kids) = d.http("GET", &format!("/v1/snapshots?parent={root_id}"), None);
+    assert_eq!(kids.as_array().expect("list").len(), 4);
+    d.ok(&["unmount", w["id"].as_str().expect("id")]);
+    d.json(&["rm", t["id"].as_str().expect("id")]);
     let s = d.json(&["log"]);
     assert_eq!(s.as_array().expect("list").len(), 5);
     // Backtrack: check out the best child in the main workspace, in place.

@@ -72,13 +72,20 @@ pub async fn list(
         .transpose()?;
     let repo = app.daemon.repo.clone();
     let out = blocking(move || {
-        let all = repo.snapshots()?;
-        Ok(all
-            .iter()
-            .filter(|s| parent.is_none() || s.parent == parent)
-            .filter(|s| root.is_none() || Some(s.root) == root)
-            .map(SnapshotOut::from)
-            .collect())
+        // Filters go through the indexes: O(matches), not a scan of every snapshot.
+        let candidates = match (root, parent) {
+            (Some(r), _) => repo.by_root(&r)?,
+            (None, Some(p)) => repo.children(Some(p))?,
+            (None, None) => return Ok(repo.snapshots()?.iter().map(SnapshotOut::from).collect()),
+        };
+        let mut out = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            let s = repo.snapshot(id)?;
+            if parent.is_none() || s.parent == parent {
+                out.push(SnapshotOut::from(&s));
+            }
+        }
+        Ok(out)
     })
     .await?;
     Ok(Json(out))

@@ -126,3 +126,26 @@ fn python_venv_and_compileall() {
     );
     assert!(fx.p("pkg/__pycache__").is_dir());
 }
+
+/// Regression: `sed -i` and `cp -p` copy a file's mode by setting a POSIX access ACL on
+/// the new file; the mode must follow (it stayed 0600, mkstemp's mode, before).
+#[test]
+fn sed_in_place_and_cp_p_keep_the_mode() {
+    let fx = Fixture::new();
+    run(
+        &fx.path,
+        "printf 'x\\n' > f && chmod 640 f && sed -i s/x/y/ f && cp -p f g && chmod 751 g && cp -p g h",
+    );
+    assert_eq!(
+        run(&fx.path, "stat -c '%a %n' f g h"),
+        "640 f\n751 g\n751 h\n"
+    );
+    assert_eq!(run(&fx.path, "cat f"), "y\n");
+    // A minimal ACL is a mode, not an xattr kept beside it.
+    assert_eq!(
+        xattr::get(fx.p("f"), "system.posix_acl_access")
+            .ok()
+            .flatten(),
+        None
+    );
+}
