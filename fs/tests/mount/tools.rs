@@ -149,3 +149,29 @@ fn sed_in_place_and_cp_p_keep_the_mode() {
         None
     );
 }
+
+/// `cp -a` keeps names, modes, mtimes, sizes and symlinks, in the mount and through a
+/// snapshot and its export.
+#[test]
+fn cp_a_keeps_attributes_through_a_snapshot() {
+    let src = tempfile::tempdir().expect("tempdir");
+    run(
+        src.path(),
+        "mkdir -p t/a/b && for i in $(seq 1 30); do echo $i > t/a/f$i; done && chmod 600 t/a/f1 && chmod 755 t/a/f2 && ln -s f1 t/a/l && touch -d '2001-02-03 04:05:06.789' t/a/f3 t/a/b",
+    );
+    let listing = "find . -printf '%p %M %TY-%Tm-%Td %TT %s %l\\n' | sort";
+    let want = run(&src.path().join("t"), listing);
+    let fx = Fixture::new();
+    run(
+        &fx.path,
+        &format!("cp -a {} .", src.path().join("t").display()),
+    );
+    assert_eq!(run(&fx.p("t"), listing), want);
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    let out = tempfile::tempdir().expect("tempdir");
+    fx.repo.export(s.id, &out.path().join("e")).expect("export");
+    assert_eq!(run(&out.path().join("e/t"), listing), want);
+}
