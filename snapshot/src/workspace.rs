@@ -1880,10 +1880,25 @@ impl State {
     }
 
     /// Frees an inode that has no name, no kernel reference and no open handle.
+    /// An inode with no name and no open handle can never be read again: its own copy
+    /// goes at once (the kernel may still hold a lookup of it for a while, but the disk
+    /// space of an unlinked, closed file must come back now, as on any filesystem).
     fn maybe_free(&mut self, ino: Ino) {
-        let free = matches!(self.inodes.get(&ino), Some(i) if ino != Ino::ROOT && i.parents.is_empty() && i.nlookup.load(Relaxed) == 0 && i.open.load(Relaxed) == 0);
-        if free {
+        let Some(i) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        if ino == Ino::ROOT || !i.parents.is_empty() || i.open.load(Relaxed) != 0 {
+            return;
+        }
+        if i.nlookup.load(Relaxed) == 0 {
             self.free_tree(ino);
+        } else if let Node::File(FileData::Owned { id, .. }) = i.node {
+            i.node = Node::File(FileData::Clean(Content {
+                hash: Hash::of(b""),
+                chunked: false,
+                size: 0,
+            }));
+            self.dead_files.push(id);
         }
     }
 
@@ -2046,6 +2061,15 @@ impl State {
         }
         let t = now();
         let is_dir = matches!(node, Node::Dir { .. });
+        // A set-group-ID directory gives new entries its group, and new subdirectories
+        // its set-group-ID bit (as every Linux filesystem does; the kernel leaves it to
+        // FUSE filesystems).
+        let parent_attrs = &self.inode(parent)?.attrs;
+        let (mode, gid) = if parent_attrs.mode & 0o2000 != 0 {
+            (if is_dir { mode | 0o2000 } else { mode }, parent_attrs.gid)
+        } else {
+            (mode, gid)
+        };
         let generation = self.generation;
         let ino = self.alloc(Inode {
             node,

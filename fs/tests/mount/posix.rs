@@ -86,6 +86,25 @@ fn files_and_directories_with_errno() {
 }
 
 #[test]
+fn set_group_id_directories_pass_their_group_on() {
+    let fx = Fixture::new();
+    fs::create_dir(fx.p("d")).expect("mkdir");
+    nix::unistd::chown(&fx.p("d"), None, Some(1234.into())).expect("chgrp");
+    fs::set_permissions(fx.p("d"), fs::Permissions::from_mode(0o2775)).expect("chmod g+s");
+    fs::write(fx.p("d/f"), b"x").expect("create");
+    fs::create_dir(fx.p("d/sub")).expect("mkdir");
+    let f = fs::metadata(fx.p("d/f")).expect("stat");
+    let sub = fs::metadata(fx.p("d/sub")).expect("stat");
+    assert_eq!((f.gid(), sub.gid()), (1234, 1234));
+    assert_eq!(
+        sub.mode() & 0o2000,
+        0o2000,
+        "subdirectories inherit set-group-ID"
+    );
+    assert_eq!(f.mode() & 0o2000, 0);
+}
+
+#[test]
 fn rename_matrix() {
     let fx = Fixture::new();
     fs::write(fx.p("f1"), b"1").expect("write");
@@ -185,8 +204,26 @@ fn links_unlink_while_open_and_fifos() {
     let mut buf = [0u8; 4];
     f.read_exact_at(&mut buf, 0).expect("read back");
     assert_eq!(&buf, b"DATA");
+    let data = fx.ws().state_dir().join("data");
+    let own_copies = || fs::read_dir(&data).map_or(0, |d| d.count());
+    let before = own_copies();
     drop(f);
     assert_eq!(errno(fs::metadata(fx.p("orig"))), libc::ENOENT);
+    // The space of an unlinked file comes back when its last handle closes (release is
+    // asynchronous: give it a moment).
+    let mut after = own_copies();
+    for _ in 0..100 {
+        if after < before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        after = own_copies();
+    }
+    assert_eq!(
+        after,
+        before - 1,
+        "the own copy of the unlinked file is gone"
+    );
     nix::unistd::mkfifo(
         &fx.p("pipe"),
         nix::sys::stat::Mode::from_bits_truncate(0o600),
