@@ -122,6 +122,10 @@ impl Daemon {
                 "mountpoint {mountpoint:?} is not a directory"
             )));
         }
+        // One spelling per directory (no trailing slash, no symlinks, no `..`): what
+        // /proc/self/mountinfo shows and what the registry compares.
+        let path = std::fs::canonicalize(&path)
+            .map_err(|e| ApiError::bad_request(format!("mountpoint {mountpoint:?}: {e}")))?;
         let in_use = self.mounts.lock().values().any(|m| m.mountpoint == path);
         if in_use || is_mounted(&path) {
             return Err(ApiError::conflict(
