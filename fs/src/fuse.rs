@@ -124,6 +124,15 @@ impl Inner {
 
     /// Counts every file open for writing as changed, so that a snapshot hashes what
     /// callers wrote through passthrough (which never reaches this process).
+    /// Records, from each own copy's size and mtime, whether files open for writing
+    /// changed since they were last committed.
+    pub(crate) fn refresh_writers(&self) -> helios_snapshot::Result<()> {
+        for ino in self.writable_inodes() {
+            self.ws.getattr(ino)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn flush_writers(&self) -> helios_snapshot::Result<()> {
         for ino in self.writable_inodes() {
             self.ws.note_write(ino)?;

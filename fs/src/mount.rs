@@ -141,8 +141,10 @@ impl Mount {
     /// kernel cached, so every lookup after this returns sees the new tree.
     pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {
         if !discard {
-            // Writes through open handles count as uncommitted changes.
-            self.inner.flush_writers()?;
+            // Writes through open handles (passthrough: unseen here) since the last
+            // snapshot are uncommitted changes: the own copy's size or mtime moved. A
+            // file merely open for writing does not block a checkout.
+            self.inner.refresh_writers()?;
         }
         let inv = self.inner.ws.checkout(id, discard)?;
         for (parent, name) in self.inner.take_negative() {

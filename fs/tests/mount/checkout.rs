@@ -87,7 +87,16 @@ fn checkout_refuses_uncommitted_writes_through_open_handles() {
         .create_workspace(Some(s2.id), true, Default::default())
         .expect("view");
     assert_eq!(view.read_file("f").expect("read"), b"v2");
+    // Open for writing but unwritten since the snapshot: not a change, checkout goes on,
+    // and the handle keeps the file it opened.
+    fx.mount()
+        .checkout(s1.id, false)
+        .expect("checkout with an idle writer");
+    assert_eq!(fs::read(fx.p("f")).expect("read"), b"v1");
+    f.write_all_at(b"v3", 0).expect("write to the old file");
+    assert_eq!(fs::read(fx.p("f")).expect("read"), b"v1");
     drop(f);
+    fx.mount().checkout(s2.id, false).expect("checkout");
     fx.mount().checkout(s1.id, true).expect("discard");
     assert_eq!(fs::read(fx.p("f")).expect("read"), b"v1");
 }
