@@ -41,6 +41,8 @@ enum Handle {
         ino: Ino,
         file: Arc<File>,
         write: bool,
+        /// The process that opened it: its close flushes for its own writes.
+        opener: u32,
         /// Keeps the kernel's passthrough registration alive until release.
         _backing: Option<Arc<BackingId>>,
     },
@@ -145,6 +147,7 @@ impl Inner {
         &self,
         ino: Ino,
         flags: OpenFlags,
+        opener: u32,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Result<(u64, Option<Arc<BackingId>>, FopenFlags), Errno> {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
@@ -158,7 +161,7 @@ impl Inner {
             self.ws.note_write(ino).map_err(|e| errno("open", &e))?;
         }
         self.ws.open(ino).map_err(|e| errno("open", &e))?;
-        self.register(ino, file, write, register)
+        self.register(ino, file, write, opener, register)
     }
 
     /// Registers an open file (already counted open) as a handle, with a passthrough
@@ -168,6 +171,7 @@ impl Inner {
         ino: Ino,
         file: Arc<File>,
         write: bool,
+        opener: u32,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Result<(u64, Option<Arc<BackingId>>, FopenFlags), Errno> {
         // A read-only handle has nothing to flush at close: spare the round trip.
@@ -212,6 +216,7 @@ impl Inner {
             ino,
             file,
             write,
+            opener,
             _backing: backing.clone(),
         });
         Ok((fh, backing, fopen))
@@ -283,7 +288,7 @@ pub(crate) fn attr(s: &Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(s.ino.0),
         size: s.size,
-        blocks: s.size.div_ceil(512),
+        blocks: s.blocks,
         atime: time(s.atime),
         mtime: time(s.mtime),
         ctime: time(s.ctime),
@@ -328,6 +333,7 @@ const NEGATIVE_STAT: Stat = Stat {
     mtime: 0,
     ctime: 0,
     rdev: 0,
+    blocks: 0,
 };
 
 impl Filesystem for HeliosFs {
@@ -578,10 +584,10 @@ impl Filesystem for HeliosFs {
         reply_entry(reply, result);
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self
             .0
-            .open_file(ino(i), flags, |f| reply.open_backing(f.as_fd()))
+            .open_file(ino(i), flags, req.pid(), |f| reply.open_backing(f.as_fd()))
         {
             Ok((fh, Some(backing), fopen)) => {
                 reply.opened_passthrough(FileHandle(fh), fopen, &backing)
@@ -667,7 +673,7 @@ impl Filesystem for HeliosFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _i: INodeNo,
         fh: FileHandle,
         _lock: LockOwner,
@@ -675,14 +681,26 @@ impl Filesystem for HeliosFs {
     ) {
         // close(2) waits for flush (release comes later, asynchronously): a writer's
         // changes are counted before its close returns, so a snapshot taken after the
-        // close sees them and a late release cannot dirty a later snapshot.
+        // close sees them and a late release cannot dirty a later snapshot. The opener's
+        // close counts the file changed; any other process's close (every fork+exec of a
+        // process holding the file closes an inherited descriptor, and flushes) counts it
+        // changed only if the own copy's size or mtime moved.
         if let Ok(h) = self.0.handle(fh)
             && let Handle::File {
-                ino, write: true, ..
+                ino,
+                write: true,
+                opener,
+                ..
             } = &*h
-            && let Err(e) = self.0.ws.note_write(*ino)
         {
-            return reply.error(errno("flush", &e));
+            let noted = if req.pid() == *opener {
+                self.0.ws.note_write(*ino)
+            } else {
+                self.0.ws.getattr(*ino).map(|_| ())
+            };
+            if let Err(e) = noted {
+                return reply.error(errno("flush", &e));
+            }
         }
         reply.ok();
     }
@@ -938,10 +956,9 @@ impl Filesystem for HeliosFs {
                 Err(e) => return reply.error(errno("create", &e)),
             };
         // The new file is empty, counted as changed and as open: register it as it is.
-        match self
-            .0
-            .register(st.ino, file, true, |f| reply.open_backing(f.as_fd()))
-        {
+        match self.0.register(st.ino, file, true, req.pid(), |f| {
+            reply.open_backing(f.as_fd())
+        }) {
             Ok((fh, Some(backing), fopen)) => {
                 reply.created_passthrough(&TTL, &attr(&st), GEN, FileHandle(fh), fopen, &backing)
             }

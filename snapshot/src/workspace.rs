@@ -86,6 +86,9 @@ pub struct Stat {
     pub ctime: Nanos,
     /// Device number of a character or block device; 0 otherwise.
     pub rdev: u64,
+    /// 512-byte blocks allocated: what the own copy really uses (holes are free), or the
+    /// size rounded up for content that lives in the store.
+    pub blocks: u64,
 }
 
 /// One directory entry, as `readdir` reports it.
@@ -501,6 +504,7 @@ impl Workspace {
             s.size = meta.len();
             s.mtime = mtime;
             s.ctime = s.ctime.max(file_ctime(&meta));
+            s.blocks = std::os::unix::fs::MetadataExt::blocks(&meta);
         }
         Some(Ok(s))
     }
@@ -583,6 +587,7 @@ impl Workspace {
             s.size = meta.len();
             s.mtime = mtime;
             s.ctime = s.ctime.max(file_ctime(&meta));
+            s.blocks = std::os::unix::fs::MetadataExt::blocks(&meta);
             st.sync_owned(ino, meta.len(), mtime);
         }
         Ok(s)
@@ -1951,6 +1956,7 @@ impl State {
                 Node::Special(s) => s.rdev(),
                 _ => 0,
             },
+            blocks: size.div_ceil(512),
         })
     }
 
