@@ -23,7 +23,6 @@ const FUSE_REASON_ASKED: &str = "requested";
 pub struct Mounted {
     mount: Mount,
     mountpoint: PathBuf,
-    engine_reason: String,
 }
 
 /// The registry of the daemon.
@@ -171,7 +170,7 @@ impl Daemon {
             .repo
             .create_workspace(from, false, props(&path, reason))?;
         let id = ws.id();
-        match self.mount(ws, &path, reason) {
+        match self.mount(ws, &path) {
             Ok(()) => {}
             Err(e) => {
                 let _ = self.repo.delete_workspace(id);
@@ -182,7 +181,7 @@ impl Daemon {
         self.out(id)
     }
 
-    fn mount(&self, ws: Arc<Workspace>, path: &Path, reason: &str) -> ApiResult<()> {
+    fn mount(&self, ws: Arc<Workspace>, path: &Path) -> ApiResult<()> {
         let id = ws.id();
         let mount = Mount::fuse(ws, path, &self.mount_opts)?;
         self.mounts.lock().insert(
@@ -190,7 +189,6 @@ impl Daemon {
             Arc::new(Mounted {
                 mount,
                 mountpoint: path.to_path_buf(),
-                engine_reason: reason.to_string(),
             }),
         );
         Ok(())
@@ -281,17 +279,11 @@ impl Daemon {
                     continue;
                 }
             }
-            let reason = rec
-                .props
-                .get("engine_reason")
-                .and_then(|r| r.as_str())
-                .unwrap_or(FUSE_REASON_AUTO)
-                .to_string();
             let result = self
                 .repo
                 .open_workspace(rec.id)
                 .map_err(ApiError::from)
-                .and_then(|ws| self.mount(ws, &path, &reason));
+                .and_then(|ws| self.mount(ws, &path));
             match result {
                 Ok(()) => n += 1,
                 Err(e) => {
@@ -326,13 +318,5 @@ impl Daemon {
     /// Number of mounted workspaces.
     pub fn mounted(&self) -> usize {
         self.mounts.lock().len()
-    }
-
-    /// The mountpoint and reason of a mounted workspace (for logs).
-    pub fn describe(&self, id: WorkspaceId) -> Option<(PathBuf, String)> {
-        self.mounts
-            .lock()
-            .get(&id)
-            .map(|m| (m.mountpoint.clone(), m.engine_reason.clone()))
     }
 }

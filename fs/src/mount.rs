@@ -116,11 +116,6 @@ impl Mount {
         &self.mountpoint
     }
 
-    /// The engine serving it.
-    pub fn engine(&self) -> Engine {
-        Engine::Fuse
-    }
-
     /// Whether open files are passed through to the kernel.
     pub fn passthrough(&self) -> bool {
         self.inner.passthrough.load(Ordering::Relaxed)

@@ -538,11 +538,6 @@ impl Repo {
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.shared.store.backend().as_ref()
     }
-
-    /// Loads a snapshot's root directory node.
-    pub fn root_node(&self, id: SnapshotId) -> Result<DirNode> {
-        DirNode::load(&self.shared.store, &self.snapshot(id)?.tree)
-    }
 }
 
 pub(crate) fn empty_node() -> DirNode {

@@ -375,27 +375,9 @@ impl Workspace {
         self.state.write().base
     }
 
-    /// The caller's properties.
-    pub fn props(&self) -> serde_json::Value {
-        self.state.write().props.clone()
-    }
-
-    /// Replaces the caller's properties and persists them.
-    pub fn set_props(&self, props: serde_json::Value) -> Result<()> {
-        let mut st = self.state.write();
-        st.props = props;
-        self.write_record(&st, None, Durability::Sync)
-    }
-
     /// True when the content differs from the base snapshot (or was changed at all).
     pub fn dirty(&self) -> bool {
         self.state.write().is_dirty()
-    }
-
-    /// The record as it would be persisted now (head not included).
-    pub fn record(&self) -> WorkspaceRecord {
-        let st = self.state.write();
-        self.make_record(&st, None)
     }
 
     fn make_record(&self, st: &State, head: Option<TreeRef>) -> WorkspaceRecord {
