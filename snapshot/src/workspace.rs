@@ -654,6 +654,8 @@ impl Workspace {
         Ok((stat, file))
     }
 
+    /// Inserts a new node under `parent`, counts one kernel lookup of it and returns its
+    /// attributes (and, for a regular file, its new own copy, open).
     fn create_inner(
         &self,
         parent: Ino,
@@ -680,11 +682,9 @@ impl Workspace {
     /// Creates a directory.
     pub fn mkdir(&self, parent: Ino, name: &Name, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
         self.check_writable()?;
-        let mut st = self.state.write();
-        let node = Node::empty_dir();
-        let ino = st.insert_new(&self.shared, parent, name, node, mode, uid, gid)?;
-        st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
-        self.stat(&mut st, ino)
+        Ok(self
+            .create_inner(parent, name, Node::empty_dir(), mode, uid, gid)?
+            .0)
     }
 
     /// Creates a symbolic link.
@@ -703,18 +703,8 @@ impl Workspace {
                 target.len()
             )));
         }
-        let mut st = self.state.write();
-        let ino = st.insert_new(
-            &self.shared,
-            parent,
-            name,
-            Node::Symlink(target.to_vec()),
-            0o777,
-            uid,
-            gid,
-        )?;
-        st.inode(ino)?.nlookup.fetch_add(1, Relaxed);
-        self.stat(&mut st, ino)
+        let node = Node::Symlink(target.to_vec());
+        Ok(self.create_inner(parent, name, node, 0o777, uid, gid)?.0)
     }
 
     /// The target of a symbolic link.
