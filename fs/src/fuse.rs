@@ -130,14 +130,14 @@ impl Inner {
     /// changed since they were last committed.
     pub(crate) fn refresh_writers(&self) -> helios_snapshot::Result<()> {
         for ino in self.writable_inodes() {
-            self.ws.getattr(ino)?;
+            gone_is_fine(self.ws.getattr(ino).map(|_| ()))?;
         }
         Ok(())
     }
 
     pub(crate) fn flush_writers(&self) -> helios_snapshot::Result<()> {
         for ino in self.writable_inodes() {
-            self.ws.note_write(ino)?;
+            gone_is_fine(self.ws.note_write(ino))?;
         }
         Ok(())
     }
@@ -236,6 +236,15 @@ impl Inner {
             drop(backings);
             self.ws.release(ino);
         }
+    }
+}
+
+/// A writer's inode can be freed between listing the handles and reaching it (its
+/// last handle released, unlinked): then it has nothing left to commit.
+fn gone_is_fine(r: helios_snapshot::Result<()>) -> helios_snapshot::Result<()> {
+    match r {
+        Err(helios_snapshot::Error::NoEntry(_)) => Ok(()),
+        other => other,
     }
 }
 
