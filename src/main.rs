@@ -49,6 +49,10 @@ enum Cmd {
         /// Serve file data in userspace even where FUSE passthrough is available.
         #[arg(long)]
         no_passthrough: bool,
+        /// Seconds between background syncs of each workspace's journal, which bound
+        /// what a crash loses of changes nobody fsynced; 0: sync only on fsync.
+        #[arg(long, default_value_t = 5.0)]
+        journal_interval: f64,
     },
     /// Import a directory as a new root snapshot.
     Import {
@@ -271,8 +275,16 @@ fn run(cli: Cli) -> Result<()> {
         group,
         threads,
         no_passthrough,
+        journal_interval,
     } = cli.cmd
     {
+        let journal_interval = match journal_interval {
+            0.0 => None,
+            s if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+            s => anyhow::bail!(
+                "--journal-interval must be 0 or a positive number of seconds, not {s}"
+            ),
+        };
         let config = helios_daemon::Config {
             state_dir: state_dir.unwrap_or_else(default_state_dir),
             socket,
@@ -282,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
                 passthrough: !no_passthrough,
                 // allow_other needs root (or user_allow_other in /etc/fuse.conf).
                 allow_other: nix::unistd::geteuid().is_root(),
+                journal_interval,
             },
         };
         return helios_daemon::serve(config).map_err(Into::into);

@@ -740,17 +740,33 @@ impl Filesystem for HeliosFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::File { file, .. } = &*h else {
+        let Handle::File {
+            file, ino, write, ..
+        } = &*h
+        else {
             return reply.ok();
         };
+        // The data first (it lives in the own copy), then the namespace and attributes
+        // through the workspace's journal: after this returns, a crash of the daemon
+        // loses neither (fdatasync too: a new file's name is what makes its data
+        // reachable, as ext4 commits it).
         let r = if datasync {
             file.sync_data()
         } else {
             file.sync_all()
         };
-        match r {
+        if let Err(e) = r {
+            return reply.error(io_errno("fsync", &e));
+        }
+        if *write {
+            // Passthrough writes are invisible here; count the file as changed.
+            if let Err(e) = gone_is_fine(self.0.ws.note_write(*ino)) {
+                return reply.error(errno("fsync", &e));
+            }
+        }
+        match self.0.ws.sync() {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(io_errno("fsync", &e)),
+            Err(e) => reply.error(errno("fsync", &e)),
         }
     }
 
@@ -842,7 +858,11 @@ impl Filesystem for HeliosFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Names created, renamed or removed in the workspace become durable.
+        match self.0.ws.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", &e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {

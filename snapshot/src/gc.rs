@@ -7,10 +7,11 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::journal;
 use crate::repo::{Repo, empty_node};
 use crate::snapshot;
 use crate::store::{Batch, Cf, Durability, Store};
-use crate::tree::{self, DirNode, EntryKind};
+use crate::tree::{self, Content, DirNode, EntryKind};
 
 /// What gc reclaimed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -68,18 +69,21 @@ fn mark(store: &Store, root: Hash, live: &mut HashSet<Hash>) -> Result<()> {
 impl Repo {
     /// The tree roots that must stay: every snapshot's tree, every workspace's saved head
     /// and the empty tree.
-    fn roots(&self) -> Result<Vec<Hash>> {
+    fn roots(&self) -> Result<(Vec<Hash>, Vec<Content>)> {
         let mut roots: Vec<Hash> = snapshot::all(self.backend())?
             .iter()
             .map(|s| s.tree)
             .collect();
-        roots.extend(
-            self.workspaces()?
-                .iter()
-                .filter_map(|w| w.head.map(|h| h.node)),
-        );
+        let mut files = Vec::new();
+        for w in self.workspaces()? {
+            roots.extend(w.head.map(|h| h.node));
+            // What a workspace synced but has not committed refers to stored objects.
+            let (dirs, contents) = journal::refs(&journal::load(self.backend(), w.id)?);
+            roots.extend(dirs);
+            files.extend(contents);
+        }
         roots.push(empty_node().encode().tref.node);
-        Ok(roots)
+        Ok((roots, files))
     }
 
     /// Deletes every object that no snapshot or workspace reaches.
@@ -87,11 +91,19 @@ impl Repo {
         let _gc = self.shared.gc_lock.write();
         let store = self.store();
         let mut live = HashSet::new();
-        for root in self.roots()? {
+        let (roots, files) = self.roots()?;
+        for root in roots {
             match mark(store, root, &mut live) {
                 // The empty tree may never have been stored; nothing to keep then.
                 Err(Error::MissingObject(h)) if h == root => {}
                 other => other?,
+            }
+        }
+        for content in files {
+            if live.insert(content.hash) && content.chunked {
+                for (c, _) in tree::chunks_of(store, &content)? {
+                    live.insert(c);
+                }
             }
         }
         let mut report = GcReport::default();
@@ -218,6 +230,24 @@ impl Repo {
                             &format!("workspace {}", w.id),
                             &mut report,
                         );
+                    }
+                    match journal::load(self.backend(), w.id) {
+                        Ok(records) => {
+                            let (dirs, files) = journal::refs(&records);
+                            let owner = format!("workspace {} (journal)", w.id);
+                            for d in dirs {
+                                self.check_tree(store, d, &mut seen, &owner, &mut report);
+                            }
+                            for c in files {
+                                if !matches!(store.contains(&c.hash), Ok(true)) {
+                                    report.errors.push(format!(
+                                        "{owner}: object {} is missing from the store",
+                                        c.hash
+                                    ));
+                                }
+                            }
+                        }
+                        Err(e) => report.errors.push(format!("workspace {}: {e}", w.id)),
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! Import of real directories into snapshots and export of snapshots to real
-//! directories, preserving modes, owners, symlinks and mtimes. Both stream: memory is
+//! directories, preserving modes, owners, extended attributes (ACLs and file
+//! capabilities among them), symlinks and mtimes. Both stream: memory is
 //! bounded by one chunk per file and one directory node per level.
 
 use std::fs;
@@ -25,14 +26,74 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
 }
 
-fn attrs_of(meta: &fs::Metadata) -> Attrs {
-    Attrs {
+fn attrs_of(path: &Path, meta: &fs::Metadata) -> Result<Attrs> {
+    Ok(Attrs {
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
         gid: meta.gid(),
         mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        xattrs: Vec::new(),
+        xattrs: xattrs_of(path)?,
+    })
+}
+
+/// The extended attributes of `path` (not following a symlink), sorted by name: every
+/// namespace the caller can read (`user.*`; `trusted.*` and `security.*` as root;
+/// extended POSIX ACLs as `system.posix_acl_*`).
+fn xattrs_of(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("list xattrs of {}", path.display()), e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let value = match xattr::get(path, &name) {
+            Ok(Some(v)) => v,
+            // Removed meanwhile.
+            Ok(None) => continue,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("read xattr {:?} of {}", name, path.display()),
+                    e,
+                ));
+            }
+        };
+        if value.len() > crate::workspace::XATTR_VALUE_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "xattr {:?} of {} has {} bytes",
+                name,
+                path.display(),
+                value.len()
+            )));
+        }
+        out.push((name.as_bytes().to_vec(), value));
     }
+    out.sort();
+    Ok(out)
+}
+
+/// Sets the stored extended attributes on an exported `path`. As with owners, a
+/// privileged namespace (`trusted.*`, `security.*`) is skipped where the caller lacks
+/// the privilege; any other failure is an error, never a silent loss.
+fn set_xattrs(path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    for (name, value) in xattrs {
+        let os = std::ffi::OsStr::from_bytes(name);
+        match xattr::set(path, os, value) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPERM)
+                    && (name.starts_with(b"trusted.") || name.starts_with(b"security.")) => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("set xattr {:?} on {}", os, path.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Repo {
@@ -117,7 +178,7 @@ fn import_dir(
     }
     children.sort_by(|a, b| a.0.cmp(&b.0));
     let mut node = DirNode {
-        attrs: attrs_of(meta),
+        attrs: attrs_of(path, meta)?,
         entries: Vec::with_capacity(children.len()),
     };
     for (name, entry) in children {
@@ -135,14 +196,14 @@ fn import_dir(
             let f = fs::File::open(&p).map_err(io_err("open", &p))?;
             let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
             EntryKind::File {
-                attrs: attrs_of(&m),
+                attrs: attrs_of(&p, &m)?,
                 content,
             }
         } else if ft.is_symlink() {
             use std::os::unix::ffi::OsStrExt;
             let target = fs::read_link(&p).map_err(io_err("readlink", &p))?;
             EntryKind::Symlink {
-                attrs: attrs_of(&m),
+                attrs: attrs_of(&p, &m)?,
                 target: target.as_os_str().as_bytes().to_vec(),
             }
         } else {
@@ -156,7 +217,7 @@ fn import_dir(
                 Special::Socket
             };
             EntryKind::Special {
-                attrs: attrs_of(&m),
+                attrs: attrs_of(&p, &m)?,
                 special,
             }
         };
@@ -236,6 +297,9 @@ fn set_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<()> {
     if !symlink {
         fs::set_permissions(p, fs::Permissions::from_mode(a.mode)).map_err(io_err("chmod", p))?;
     }
+    // After chown (which clears `security.capability`) and chmod (an access ACL then
+    // sets the same bits again), before the times.
+    set_xattrs(p, &a.xattrs)?;
     let ts = TimeSpec::new(
         a.mtime.div_euclid(1_000_000_000),
         a.mtime.rem_euclid(1_000_000_000),

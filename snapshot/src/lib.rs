@@ -9,6 +9,7 @@ mod gc;
 mod hash;
 mod ids;
 mod io;
+mod journal;
 mod name;
 mod repo;
 mod snapshot;

@@ -475,6 +475,7 @@ impl Repo {
         self.open.lock().remove(&id);
         let mut b = Batch::new();
         b.delete(Cf::Workspaces, id.key());
+        crate::journal::stage_clear_all(self.backend(), id, &mut b)?;
         self.backend().write(b, Durability::Sync)?;
         let dir = self.shared.workspace_dir(id);
         if dir.exists() {

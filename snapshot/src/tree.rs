@@ -439,6 +439,43 @@ pub fn encode_dir(attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) -> Encoded {
     Encoded { root, tref, pages }
 }
 
+/// Attributes and entries (strictly sorted by name) in the entry encoding of a directory
+/// node, never paged and without a magic: the form workspace journal records take
+/// (`docs/format.md`). Appends to `out`.
+pub(crate) fn encode_plain(out: &mut Vec<u8>, attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) {
+    put_attrs(out, attrs, true);
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    // The fingerprint is not needed here; the hasher's input is thrown away.
+    encode_entries(out, &mut blake3::Hasher::new(), entries);
+}
+
+/// What `decode_plain` returns: attributes, entries, bytes consumed.
+pub(crate) type Plain = (Attrs, Vec<(Name, EntryKind)>, usize);
+
+/// Decodes what `encode_plain` wrote at the start of `bytes`; returns the attributes,
+/// the entries and the bytes consumed. `what` names the record in errors.
+pub(crate) fn decode_plain(what: &str, bytes: &[u8]) -> Result<Plain> {
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        hash: Hash::of(bytes),
+    };
+    let parsed = (|| {
+        let attrs = r.attrs()?;
+        let mut entries = Vec::new();
+        decode_entries(&mut r, &mut entries)?;
+        Ok((attrs, entries))
+    })();
+    match parsed {
+        Ok((attrs, entries)) => Ok((attrs, entries, r.pos)),
+        Err(Error::Corrupt { reason, .. }) => Err(Error::CorruptRecord {
+            key: what.to_string(),
+            reason,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 /// The objects a directory is stored as: its root and, when paged, its pages.
 pub fn dir_objects(store: &Store, node: &Hash) -> Result<Vec<Hash>> {
     let bytes = store.get(node)?;

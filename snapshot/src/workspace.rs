@@ -16,14 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::Instant;
 
 use parking_lot::RwLock;
@@ -33,6 +33,7 @@ use crate::acl;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::ids::{Ino, SnapshotId, WorkspaceId};
+use crate::journal;
 use crate::name::Name;
 use crate::repo::Shared;
 use crate::snapshot::{self, Metrics, Snapshot};
@@ -278,6 +279,20 @@ struct State {
     dead_files: Vec<u64>,
     /// Contents of own copies hashed by a snapshot outside the lock (see `prehash`).
     prehashed: FxHashMap<Ino, Prehashed>,
+    /// Inodes whose journal record may differ from what the journal holds (`journal.rs`).
+    jdirty: FxHashSet<Ino>,
+    /// Inodes that have a record in the journal.
+    journaled: FxHashSet<Ino>,
+    /// Own copies of freed inodes that a journal record still names: deleted once the
+    /// record is (a crash before that would otherwise lose a synced file that a rename
+    /// replaced, instead of finding its old content).
+    held_files: Vec<(Ino, u64)>,
+}
+
+/// An inode a commit marked clean, and a directory's base before it.
+struct Cleaned {
+    ino: Ino,
+    base: Option<Hash>,
 }
 
 /// An own copy hashed without the lock, valid while its `writes` count is unchanged.
@@ -296,6 +311,12 @@ pub struct Workspace {
     read_only: bool,
     /// Next own-copy file id.
     next_file: AtomicU64,
+    /// Own copies were created since the last sync: the next one syncs `data/` too.
+    data_created: AtomicBool,
+    /// Serializes journal syncs with each other and with what clears the journal
+    /// (snapshot, save, checkout), so that batches land in the order they were encoded.
+    /// Taken before `state`.
+    sync_lock: parking_lot::Mutex<()>,
     /// Shared for lookups and reads of loaded state, exclusive for changes and loads.
     state: RwLock<State>,
 }
@@ -303,6 +324,22 @@ pub struct Workspace {
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workspace").field("id", &self.id).finish()
+    }
+}
+
+/// A new, empty, dirty directory inode of generation 0.
+fn loaded_dir_inode(parent: Option<(Ino, Name)>, attrs: Attrs) -> Inode {
+    let (parent, name) = parent.unzip();
+    Inode {
+        node: Node::empty_dir(),
+        atime: attrs.mtime,
+        ctime: attrs.mtime,
+        attrs,
+        parents: parent.into_iter().collect(),
+        name,
+        nlookup: AtomicU64::new(0),
+        open: AtomicU32::new(0),
+        generation: 0,
     }
 }
 
@@ -332,31 +369,48 @@ impl Workspace {
     ) -> Result<Workspace> {
         let dir = shared.workspace_dir(rec.id);
         let data = dir.join("data");
-        // Uncommitted data was saved into the store as `head`; stale copies are garbage.
-        // The directory itself is created at the first copy-up, keeping fork O(1).
-        match std::fs::remove_dir_all(&data) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("clear {}", data.display()), e)),
+        let records = journal::load(shared.store.backend().as_ref(), rec.id)?;
+        let mut st = State {
+            base: rec.base,
+            base_root: rec.base_root,
+            props: rec.props.clone(),
+            inodes: FxHashMap::default(),
+            next_ino: 2,
+            generation: 0,
+            dead_files: Vec::new(),
+            prehashed: FxHashMap::default(),
+            jdirty: FxHashSet::default(),
+            journaled: records.keys().copied().collect(),
+            held_files: Vec::new(),
+        };
+        let mut next_file = 1;
+        if records.contains_key(&Ino::ROOT) {
+            // The daemon stopped without saving: the journal holds what was synced, the
+            // own copies what was written.
+            next_file = st.recover(&data, &records)?;
+            tracing::info!(workspace = %rec.id, records = records.len(), "workspace recovered from its journal");
+        } else {
+            // Uncommitted data was saved into the store as `head`; stale copies are
+            // garbage. The directory itself is created at the first copy-up, keeping
+            // fork O(1).
+            match std::fs::remove_dir_all(&data) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("clear {}", data.display()), e)),
+            }
+            st.inodes.insert(Ino::ROOT, dir_inode(start, None, 0));
+            // Records without a root are stale: the next sync deletes them.
+            st.jdirty = st.journaled.clone();
         }
-        let mut inodes = FxHashMap::default();
-        inodes.insert(Ino::ROOT, dir_inode(start, None, 0));
         Ok(Workspace {
             shared,
             id: rec.id,
             dir,
             read_only: rec.read_only,
-            next_file: AtomicU64::new(1),
-            state: RwLock::new(State {
-                base: rec.base,
-                base_root: rec.base_root,
-                props: rec.props.clone(),
-                inodes,
-                next_ino: 2,
-                generation: 0,
-                dead_files: Vec::new(),
-                prehashed: FxHashMap::default(),
-            }),
+            next_file: AtomicU64::new(next_file),
+            data_created: AtomicBool::new(false),
+            sync_lock: parking_lot::Mutex::new(()),
+            state: RwLock::new(st),
         })
     }
 
@@ -389,21 +443,6 @@ impl Workspace {
             read_only: self.read_only,
             props: st.props.clone(),
         }
-    }
-
-    fn write_record(
-        &self,
-        st: &State,
-        head: Option<TreeRef>,
-        durability: Durability,
-    ) -> Result<()> {
-        let mut b = Batch::new();
-        b.put(
-            Cf::Workspaces,
-            self.id.key(),
-            snapshot::encode_record(&self.make_record(st, head)),
-        );
-        self.shared.store.backend().write(b, durability)
     }
 
     fn data_path(&self, id: u64) -> PathBuf {
@@ -1119,6 +1158,7 @@ impl Workspace {
         annotations: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Snapshot> {
         self.check_writable()?;
+        let _sync = self.sync_lock.lock();
         let _gc = self.shared.gc_lock.read();
         let start = Instant::now();
         let mut w = self.shared.store.writer();
@@ -1168,11 +1208,14 @@ impl Workspace {
             self.id.key(),
             snapshot::encode_record(&self.make_record(&st, None)),
         );
+        st.stage_journal_clear(self.id, &mut batch);
         if let Err(e) = w.commit(batch) {
             (st.base, st.base_root) = old;
             st.uncommit(&cleaned);
             return Err(e);
         }
+        st.journal_cleared();
+        self.remove_dead_files(&mut st);
         self.shared.count_snapshots(1, snap.bytes as i64);
         Ok(snap)
     }
@@ -1212,6 +1255,7 @@ impl Workspace {
     /// and unchanged paths keep their inode numbers.
     pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<Invalidation> {
         let snap = snapshot::load(self.shared.store.backend().as_ref(), id)?;
+        let _sync = self.sync_lock.lock();
         let mut st = self.state.write();
         if st.is_dirty() && !discard {
             return Err(Error::Dirty(self.id));
@@ -1219,10 +1263,26 @@ impl Workspace {
         let old = (st.base, st.base_root);
         st.base = Some(id);
         st.base_root = snap.root;
-        if let Err(e) = self.write_record(&st, None, Durability::Buffered) {
+        // Buffered: the new base survives a crash of the daemon (the log is in the page
+        // cache) and, after a power cut, the workspace is back at the old one.
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(&st, None)),
+        );
+        st.stage_journal_clear(self.id, &mut batch);
+        if let Err(e) = self
+            .shared
+            .store
+            .backend()
+            .write(batch, Durability::Buffered)
+        {
             (st.base, st.base_root) = old;
             return Err(e);
         }
+        st.journal_cleared();
+        self.remove_dead_files(&mut st);
         let invalidation = st.known_entries();
         st.generation += 1;
         let generation = st.generation;
@@ -1248,6 +1308,7 @@ impl Workspace {
         if self.read_only {
             return Ok(());
         }
+        let _sync = self.sync_lock.lock();
         let _gc = self.shared.gc_lock.read();
         let mut st = self.state.write();
         let mut w = self.shared.store.writer();
@@ -1267,11 +1328,80 @@ impl Workspace {
             self.id.key(),
             snapshot::encode_record(&self.make_record(&st, head)),
         );
+        st.stage_journal_clear(self.id, &mut batch);
         if let Err(e) = w.commit(batch) {
             st.uncommit(&cleaned);
             return Err(e);
         }
+        st.journal_cleared();
+        self.remove_dead_files(&mut st);
         Ok(())
+    }
+
+    /// Makes the workspace's current state durable without a commit: what `fsync`,
+    /// `fdatasync` and `syncfs` inside the workspace promise. Writes the journal records
+    /// of what changed since the last sync (`journal.rs`) in one synced batch; file data
+    /// stays in the own copies (an engine syncs the file it was asked to first, and this
+    /// syncs the directory holding them when new ones appeared). After a crash of the
+    /// daemon the workspace reopens at this state or later.
+    pub fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let _sync = self.sync_lock.lock();
+        if self.data_created.swap(false, Relaxed) {
+            let data = self.dir.join("data");
+            if let Err(e) = File::open(&data).and_then(|d| d.sync_all()) {
+                self.data_created.store(true, Relaxed);
+                return Err(Error::io(format!("sync {}", data.display()), e));
+            }
+        }
+        let (batch, puts, deletes) = {
+            let mut st = self.state.write();
+            if st.jdirty.is_empty() {
+                return Ok(());
+            }
+            let dirty: Vec<Ino> = st.jdirty.drain().collect();
+            let mut batch = Batch::new();
+            let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+            for ino in &dirty {
+                match st.journal_record(*ino) {
+                    Ok(Some(v)) => {
+                        batch.put(Cf::Journal, journal::key(self.id, *ino), v);
+                        puts.push(*ino);
+                    }
+                    Ok(None) if st.journaled.contains(ino) => {
+                        batch.delete(Cf::Journal, journal::key(self.id, *ino));
+                        deletes.push(*ino);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        st.jdirty.extend(dirty);
+                        return Err(e);
+                    }
+                }
+            }
+            (batch, puts, deletes)
+        };
+        // Written without the workspace lock: file operations go on meanwhile, and what
+        // they change waits in `jdirty` for the next sync (`sync_lock` keeps the order).
+        let written = self.shared.store.backend().write(batch, Durability::Sync);
+        let mut st = self.state.write();
+        match written {
+            Ok(()) => {
+                st.journaled.extend(puts);
+                for ino in deletes {
+                    st.journaled.remove(&ino);
+                }
+                st.release_held();
+                self.remove_dead_files(&mut st);
+                Ok(())
+            }
+            Err(e) => {
+                st.jdirty.extend(puts.into_iter().chain(deletes));
+                Err(e)
+            }
+        }
     }
 
     // ---- helpers ----
@@ -1319,6 +1449,7 @@ impl Workspace {
                 .create_new(true)
                 .open(&path)
         };
+        self.data_created.store(true, Relaxed);
         let created = match create() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let data = self.dir.join("data");
@@ -1681,11 +1812,15 @@ impl State {
         let mut prev = prev.unwrap_or_default();
         let mut entries = BTreeMap::new();
         let mut subdirs = 0;
+        // Inodes of the old entries that lost their name here. They are orphaned only
+        // after every new entry is placed: a hard-linked file had several old names in
+        // this directory, and one of them may have been reused for a new entry.
+        let mut dropped = Vec::new();
         for (name, kind) in node.entries.iter() {
             let (name, kind) = (name.clone(), kind.clone());
             let mut reuse = prev.remove(&name);
             if let Some(old) = reuse.filter(|old| !self.reusable(*old, &kind)) {
-                self.orphan(old, ino);
+                dropped.push(old);
                 reuse = None;
             }
             if matches!(kind, EntryKind::Dir { .. }) {
@@ -1703,8 +1838,12 @@ impl State {
             };
             entries.insert(name, child);
         }
-        for (_, old) in prev {
-            self.orphan(old, ino);
+        dropped.extend(prev.into_values());
+        let placed: rustc_hash::FxHashSet<Ino> = entries.values().copied().collect();
+        for old in dropped {
+            if !placed.contains(&old) {
+                self.orphan(old, ino);
+            }
         }
         let i = self.inode_mut(ino)?;
         i.attrs = node.attrs.clone();
@@ -1834,8 +1973,10 @@ impl State {
         let Some(i) = self.inodes.remove(&ino) else {
             return;
         };
+        // A record it may have goes with the next sync.
+        self.jdirty.insert(ino);
         match i.node {
-            Node::File(FileData::Owned { id, .. }) => self.dead_files.push(id),
+            Node::File(FileData::Owned { id, .. }) => self.drop_file(ino, id),
             Node::Dir {
                 state: DirState::Loaded { entries, .. },
                 prev,
@@ -1875,7 +2016,8 @@ impl State {
                 chunked: false,
                 size: 0,
             }));
-            self.dead_files.push(id);
+            self.drop_file(ino, id);
+            self.jdirty.insert(ino);
         }
     }
 
@@ -1938,10 +2080,13 @@ impl State {
             self.inodes.get(&ino).map(|i| &i.node),
             Some(Node::Dir { .. })
         );
+        self.jdirty.insert(ino);
         if is_dir {
             self.dirty_dir(ino);
         } else if let Some(i) = self.inodes.get(&ino) {
             for p in i.parents.clone() {
+                // Its parents record it (by value, or by inode once it is journaled).
+                self.jdirty.insert(p);
                 self.dirty_dir(p);
             }
         }
@@ -1964,8 +2109,14 @@ impl State {
                 }
                 _ => return,
             }
-            match i.parents.first() {
-                Some(&p) => ino = p,
+            // Now journaled: it needs a record, and its parent refers to it by inode.
+            let parent = i.parents.first().copied();
+            self.jdirty.insert(ino);
+            match parent {
+                Some(p) => {
+                    self.jdirty.insert(p);
+                    ino = p;
+                }
                 None => return,
             }
         }
@@ -1977,6 +2128,7 @@ impl State {
             i.attrs.mtime = t;
             i.ctime = t;
         }
+        self.jdirty.insert(dir);
         self.dirty_dir(dir);
     }
 
@@ -2070,6 +2222,8 @@ impl State {
         if is_dir {
             self.adjust_subdirs(parent, 1);
         }
+        // A new directory is dirty from the start: it needs a record of its own.
+        self.jdirty.insert(ino);
         self.touch_entries(parent, t);
         Ok(ino)
     }
@@ -2128,14 +2282,15 @@ impl State {
     }
 
     /// Encodes a directory, recursing only into dirty subdirectories and hashing only
-    /// changed files. `cleaned` records what was marked clean, for `uncommit`.
+    /// changed files. `cleaned` records what was marked clean (with a directory's base
+    /// before), for `uncommit`.
     fn commit_dir(
         &mut self,
         ws: &Workspace,
         ino: Ino,
         w: &mut ObjectWriter<'_>,
         changed: &mut u64,
-        cleaned: &mut Vec<Ino>,
+        cleaned: &mut Vec<Cleaned>,
     ) -> Result<TreeRef> {
         let (pending, base) = match &self.inode(ino)?.node {
             Node::Dir {
@@ -2189,9 +2344,11 @@ impl State {
         } = &mut self.inode_mut(ino)?.node
         {
             *clean = Some(tref);
-            *base = Some(tref.node);
+            cleaned.push(Cleaned {
+                ino,
+                base: base.replace(tref.node),
+            });
         }
-        cleaned.push(ino);
         Ok(tref)
     }
 
@@ -2247,7 +2404,7 @@ impl State {
         ws: &Workspace,
         ino: Ino,
         w: &mut ObjectWriter<'_>,
-        cleaned: &mut Vec<Ino>,
+        cleaned: &mut Vec<Cleaned>,
     ) -> Result<Content> {
         let (id, writes) = match &self.inode(ino)?.node {
             Node::File(FileData::Clean(c)) => return Ok(*c),
@@ -2270,7 +2427,7 @@ impl State {
                 *committed = Some(pre.content);
                 *size = pre.content.size;
             }
-            cleaned.push(ino);
+            cleaned.push(Cleaned { ino, base: None });
             return Ok(pre.content);
         }
         let path = ws.data_path(id);
@@ -2287,19 +2444,216 @@ impl State {
             *committed = Some(content);
             *size = content.size;
         }
-        cleaned.push(ino);
+        cleaned.push(Cleaned { ino, base: None });
         Ok(content)
     }
 
-    /// Undoes the clean marks of a commit that failed to write.
-    fn uncommit(&mut self, cleaned: &[Ino]) {
-        for ino in cleaned {
-            if let Some(i) = self.inodes.get_mut(ino) {
+    /// Stages the deletion of every journal record (the batch commits or moves the
+    /// workspace, leaving nothing uncommitted that a record would describe).
+    fn stage_journal_clear(&self, ws: WorkspaceId, batch: &mut Batch) {
+        for ino in &self.journaled {
+            batch.delete(Cf::Journal, journal::key(ws, *ino));
+        }
+    }
+
+    /// The batch from `stage_journal_clear` landed.
+    fn journal_cleared(&mut self) {
+        self.journaled.clear();
+        self.jdirty.clear();
+        self.release_held();
+    }
+
+    /// Own copy `id` of freed inode `ino` is garbage, once no journal record names it.
+    fn drop_file(&mut self, ino: Ino, id: u64) {
+        if self.journaled.contains(&ino) {
+            self.held_files.push((ino, id));
+        } else {
+            self.dead_files.push(id);
+        }
+    }
+
+    /// Moves the held own copies whose records are gone to the dead ones.
+    fn release_held(&mut self) {
+        let journaled = &self.journaled;
+        let (keep, free): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_files)
+            .into_iter()
+            .partition(|(ino, _)| journaled.contains(ino));
+        self.held_files = keep;
+        self.dead_files.extend(free.into_iter().map(|(_, id)| id));
+    }
+
+    /// The journal record `ino` should have now; `None` when it should have none (it is
+    /// committed, recorded by value in its directory, or gone).
+    fn journal_record(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        let Some(i) = self.inodes.get(&ino) else {
+            return Ok(None);
+        };
+        if i.parents.is_empty() && ino != Ino::ROOT {
+            return Ok(None);
+        }
+        match &i.node {
+            Node::Dir {
+                state:
+                    DirState::Loaded {
+                        entries,
+                        clean: None,
+                        ..
+                    },
+                ..
+            } => {
+                let mut by_value = Vec::with_capacity(entries.len());
+                let mut linked = Vec::new();
+                for (name, &child) in entries {
+                    if self.needs_commit(child) {
+                        linked.push((name, child));
+                    } else {
+                        by_value.push((name, self.entry_ref(child)?));
+                    }
+                }
+                Ok(Some(journal::encode_dir(&i.attrs, &by_value, &linked)))
+            }
+            Node::File(FileData::Owned {
+                id,
+                committed: None,
+                ..
+            }) => Ok(Some(journal::encode_file(&i.attrs, *id))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Rebuilds the inode table from journal records (the root's among them), keeping
+    /// the journaled inodes' numbers; returns the next free own-copy id. Own copies no
+    /// record names are deleted. A record that names a missing own copy or record lost
+    /// that entry to a change made after the last sync (an unlink): the entry is left out.
+    fn recover(&mut self, data: &Path, records: &FxHashMap<Ino, journal::Record>) -> Result<u64> {
+        use journal::{Child, Record};
+        self.next_ino = records.keys().map(|i| i.0).max().unwrap_or(1) + 1;
+        let mut owned = FxHashSet::default();
+        let mut stack = vec![Ino::ROOT];
+        self.inodes
+            .insert(Ino::ROOT, loaded_dir_inode(None, Attrs::default()));
+        let mut used = FxHashSet::default();
+        while let Some(dir) = stack.pop() {
+            used.insert(dir);
+            let Some(Record::Dir {
+                attrs,
+                entries: recs,
+            }) = records.get(&dir)
+            else {
+                continue;
+            };
+            let mut entries = BTreeMap::new();
+            let mut subdirs = 0;
+            for (name, child) in recs {
+                let ino = match child {
+                    Child::Entry(kind) => {
+                        if matches!(kind, EntryKind::Dir { .. }) {
+                            subdirs += 1;
+                        }
+                        let inode = inode_from_entry(kind.clone(), dir, name, 0);
+                        self.alloc(inode)
+                    }
+                    Child::Inode(c) => match records.get(c) {
+                        Some(Record::Dir { attrs, .. })
+                            if *c != Ino::ROOT && !self.inodes.contains_key(c) =>
+                        {
+                            let i = loaded_dir_inode(Some((dir, name.clone())), attrs.clone());
+                            self.inodes.insert(*c, i);
+                            stack.push(*c);
+                            subdirs += 1;
+                            *c
+                        }
+                        Some(Record::File { .. }) if self.inodes.contains_key(c) => {
+                            // Another name of a hard-linked file.
+                            self.inode_mut(*c)?.parents.push(dir);
+                            *c
+                        }
+                        Some(Record::File { attrs, own }) => {
+                            let Ok(meta) = std::fs::metadata(data.join(own.to_string())) else {
+                                tracing::warn!(ino = %c, own, "journaled file lost its own copy after the last sync; left out");
+                                continue;
+                            };
+                            owned.insert(*own);
+                            used.insert(*c);
+                            let mut attrs = attrs.clone();
+                            attrs.mtime = file_mtime(&meta);
+                            self.inodes.insert(
+                                *c,
+                                Inode {
+                                    node: Node::File(FileData::Owned {
+                                        id: *own,
+                                        size: meta.len(),
+                                        committed: None,
+                                        writes: 0,
+                                    }),
+                                    atime: attrs.mtime,
+                                    ctime: file_ctime(&meta),
+                                    attrs,
+                                    parents: vec![dir],
+                                    name: None,
+                                    nlookup: AtomicU64::new(0),
+                                    open: AtomicU32::new(0),
+                                    generation: 0,
+                                },
+                            );
+                            *c
+                        }
+                        _ => {
+                            tracing::warn!(dir = %dir, child = %c, "journal entry without a usable record; left out");
+                            continue;
+                        }
+                    },
+                };
+                entries.insert(name.clone(), ino);
+            }
+            let i = self.inode_mut(dir)?;
+            i.attrs = attrs.clone();
+            i.atime = attrs.mtime;
+            i.ctime = attrs.mtime;
+            i.node = Node::Dir {
+                state: DirState::Loaded {
+                    entries,
+                    clean: None,
+                    base: None,
+                    subdirs,
+                },
+                prev: None,
+            };
+        }
+        // Records nothing reached are stale: the next sync deletes them.
+        self.jdirty = records
+            .keys()
+            .filter(|k| !used.contains(k))
+            .copied()
+            .collect();
+        let mut next_file = 1;
+        if let Ok(files) = std::fs::read_dir(data) {
+            for f in files.flatten() {
+                let id = f.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
+                match id {
+                    Some(id) if owned.contains(&id) => next_file = next_file.max(id + 1),
+                    _ => {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+            }
+        }
+        Ok(next_file)
+    }
+
+    /// Undoes the clean marks of a commit that failed to write. A directory's base goes
+    /// back too: the node the failed commit encoded was never stored.
+    fn uncommit(&mut self, cleaned: &[Cleaned]) {
+        for c in cleaned {
+            if let Some(i) = self.inodes.get_mut(&c.ino) {
                 match &mut i.node {
                     Node::Dir {
-                        state: DirState::Loaded { clean, .. },
+                        state: DirState::Loaded { clean, base, .. },
                         ..
-                    } => *clean = None,
+                    } => {
+                        *clean = None;
+                        *base = c.base;
+                    }
                     Node::File(FileData::Owned { committed, .. }) => *committed = None,
                     _ => {}
                 }

@@ -2,6 +2,7 @@
 //! driven through the CLI and through raw HTTP, with real FUSE mounts.
 
 mod api;
+mod durability;
 mod lifecycle;
 mod mcts;
 
@@ -21,6 +22,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub state: PathBuf,
+    /// Extra arguments of `helios serve`.
+    pub serve_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -28,20 +31,28 @@ impl Daemon {
     pub fn start() -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
-        Daemon::start_in(dir, state)
+        Daemon::start_in(dir, state, &[])
     }
 
     /// A daemon whose state directory is `state` (on another filesystem, say).
     pub fn start_with_state(state: PathBuf) -> Daemon {
-        Daemon::start_in(tempfile::tempdir().expect("tempdir"), state)
+        Daemon::start_in(tempfile::tempdir().expect("tempdir"), state, &[])
     }
 
-    fn start_in(dir: tempfile::TempDir, state: PathBuf) -> Daemon {
+    /// A daemon started with extra `serve` arguments (kept for restarts).
+    pub fn start_args(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        Daemon::start_in(dir, state, args)
+    }
+
+    fn start_in(dir: tempfile::TempDir, state: PathBuf, args: &[&str]) -> Daemon {
         let socket = dir.path().join("helios.sock");
         let mut d = Daemon {
             dir,
             socket,
             state,
+            serve_args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         d.spawn();
@@ -60,6 +71,7 @@ impl Daemon {
             .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.serve_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -2,7 +2,9 @@
 //!
 //! A backend is a handful of ordered key-value maps (column families) with atomic
 //! multi-key writes. RocksDB is the production backend (`rocks.rs`); `MemBackend`
-//! serves unit tests; `FaultyBackend` wraps either to fail or "crash" after N writes.
+//! serves tests and keeps the durability contract (it loses unsynced writes on a
+//! simulated power cut); `FaultyBackend` wraps it to fail, fail once and recover, or
+//! "crash" after N writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,16 +27,19 @@ pub enum Cf {
     Index,
     /// Workspace records: id (u64 BE) -> record.
     Workspaces,
+    /// Workspace journals: workspace id (u64 BE) + inode (u64 BE) -> record.
+    Journal,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 5] = [
+    pub const ALL: [Cf; 6] = [
         Cf::Objects,
         Cf::Meta,
         Cf::Snapshots,
         Cf::Index,
         Cf::Workspaces,
+        Cf::Journal,
     ];
 
     /// The RocksDB column family name.
@@ -45,6 +50,7 @@ impl Cf {
             Cf::Snapshots => "snapshots",
             Cf::Index => "index",
             Cf::Workspaces => "workspaces",
+            Cf::Journal => "journal",
         }
     }
 }
@@ -136,10 +142,36 @@ pub trait Backend: Send + Sync + 'static {
 
 type Maps = BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>;
 
-/// A backend in memory; clones share the same maps, so a test can "reopen" a store.
+fn apply(maps: &mut Maps, ops: impl IntoIterator<Item = Op>) {
+    for op in ops {
+        match op {
+            Op::Put(cf, k, v) => {
+                maps.entry(cf).or_default().insert(k, v);
+            }
+            Op::Delete(cf, k) => {
+                maps.entry(cf).or_default().remove(&k);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemState {
+    /// What reads see: every write that returned.
+    live: Maps,
+    /// What survives a power cut: the writes up to the last synced one.
+    durable: Maps,
+    /// Writes since the last sync, oldest first (a write-ahead log not yet synced).
+    unsynced: Vec<Op>,
+}
+
+/// A backend in memory that keeps the durability contract of a real one: buffered writes
+/// are visible at once but reach stable storage only with the next synced write or
+/// flush, as RocksDB's WAL does. `power_cut` drops what was not synced. Clones share the
+/// same state, so a test can "reopen" a store after a simulated crash.
 #[derive(Clone, Default)]
 pub struct MemBackend {
-    maps: Arc<RwLock<Maps>>,
+    state: Arc<RwLock<MemState>>,
 }
 
 impl MemBackend {
@@ -147,31 +179,57 @@ impl MemBackend {
     pub fn new() -> MemBackend {
         MemBackend::default()
     }
+
+    /// Simulates losing power: every write not yet synced is gone. A killed process
+    /// (SIGKILL) loses nothing that was written, so that needs no call at all.
+    pub fn power_cut(&self) {
+        let mut st = self.state.write();
+        st.unsynced.clear();
+        st.live = st.durable.clone();
+    }
+
+    /// Writes waiting for a sync (for tests of durability choices).
+    pub fn unsynced_ops(&self) -> usize {
+        self.state.read().unsynced.len()
+    }
+
+    /// Applies a batch to what reads see without making it (or anything before it)
+    /// durable: a write whose sync failed.
+    fn write_unsynced(&self, batch: Batch) {
+        let mut st = self.state.write();
+        apply(&mut st.live, batch.ops.iter().cloned());
+        st.unsynced.extend(batch.ops);
+    }
+
+    fn sync(st: &mut MemState) {
+        let ops = std::mem::take(&mut st.unsynced);
+        apply(&mut st.durable, ops);
+    }
 }
 
 impl Backend for MemBackend {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.maps.read().get(&cf).and_then(|m| m.get(key).cloned()))
+        Ok(self
+            .state
+            .read()
+            .live
+            .get(&cf)
+            .and_then(|m| m.get(key).cloned()))
     }
 
-    fn write(&self, batch: Batch, _: Durability) -> Result<()> {
-        let mut maps = self.maps.write();
-        for op in batch.ops {
-            match op {
-                Op::Put(cf, k, v) => {
-                    maps.entry(cf).or_default().insert(k, v);
-                }
-                Op::Delete(cf, k) => {
-                    maps.entry(cf).or_default().remove(&k);
-                }
-            }
+    fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let mut st = self.state.write();
+        apply(&mut st.live, batch.ops.iter().cloned());
+        st.unsynced.extend(batch.ops);
+        if durability == Durability::Sync {
+            MemBackend::sync(&mut st);
         }
         Ok(())
     }
 
     fn scan(&self, cf: Cf, prefix: &[u8], f: &mut ScanFn<'_>) -> Result<()> {
         // Copy the range out so `f` may write to the backend without deadlocking.
-        let items: Vec<(Vec<u8>, Vec<u8>)> = match self.maps.read().get(&cf) {
+        let items: Vec<(Vec<u8>, Vec<u8>)> = match self.state.read().live.get(&cf) {
             Some(m) => m
                 .range(prefix.to_vec()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
@@ -188,6 +246,7 @@ impl Backend for MemBackend {
     }
 
     fn flush(&self) -> Result<()> {
+        MemBackend::sync(&mut self.state.write());
         Ok(())
     }
 }
@@ -200,44 +259,74 @@ pub enum Fault {
     /// The machine "crashed": later writes fail and never reach the inner backend, as if
     /// power was lost at that instant. Reopen the inner backend to see what survived.
     Crash,
+    /// The next write fails with ENOSPC and changes nothing; later writes succeed again
+    /// (a disk that filled up and was then freed).
+    NoSpaceOnce,
+    /// The next synced write reaches the inner backend but is not made durable, and
+    /// reports an I/O error (a failed fsync); later writes succeed again. Only works over
+    /// a `MemBackend`, which can tell written from durable.
+    SyncFailsOnce,
 }
 
-/// Wraps a backend and injects a fault after `budget` successful batch writes.
-pub struct FaultyBackend<B> {
-    inner: B,
+/// Wraps a `MemBackend` and injects a fault after `budget` successful batch writes.
+pub struct FaultyBackend {
+    inner: MemBackend,
     budget: AtomicU64,
     fault: Fault,
+    /// A one-time fault has fired; the backend works again.
+    recovered: std::sync::atomic::AtomicBool,
     /// Writes seen (successful or not), for tests that sweep the crash point.
     pub writes: AtomicU64,
+    /// Faults injected so far.
+    pub injected: AtomicU64,
 }
 
-impl<B: Backend> FaultyBackend<B> {
-    /// Lets `budget` batches through, then applies `fault` to every later write.
-    pub fn new(inner: B, budget: u64, fault: Fault) -> FaultyBackend<B> {
+impl FaultyBackend {
+    /// Lets `budget` batches through, then applies `fault`.
+    pub fn new(inner: MemBackend, budget: u64, fault: Fault) -> FaultyBackend {
         FaultyBackend {
             inner,
             budget: AtomicU64::new(budget),
             fault,
+            recovered: std::sync::atomic::AtomicBool::new(false),
             writes: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
         }
     }
 
     fn take(&self) -> bool {
-        self.budget
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
-            .is_ok()
+        self.recovered.load(Ordering::SeqCst)
+            || self
+                .budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                .is_ok()
+    }
+
+    fn crashed(&self) -> bool {
+        self.fault == Fault::Crash && self.budget.load(Ordering::SeqCst) == 0
     }
 
     fn injected(&self) -> Error {
-        let what = match self.fault {
-            Fault::FailWrites => "injected write failure",
-            Fault::Crash => "injected crash",
-        };
-        Error::io("backend write", std::io::Error::other(what))
+        self.injected.fetch_add(1, Ordering::SeqCst);
+        match self.fault {
+            Fault::FailWrites => Error::io(
+                "backend write",
+                std::io::Error::other("injected write failure"),
+            ),
+            Fault::Crash => Error::io("backend write", std::io::Error::other("injected crash")),
+            Fault::NoSpaceOnce => Error::io(
+                "the store's disk is full (injected)",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ),
+            Fault::SyncFailsOnce => Error::io(
+                "sync of the store's log (injected)",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ),
+        }
     }
 }
 
-impl<B: Backend> Backend for FaultyBackend<B> {
+impl Backend for FaultyBackend {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(cf, key)
     }
@@ -245,9 +334,24 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         if self.take() {
-            self.inner.write(batch, durability)
-        } else {
-            Err(self.injected())
+            return self.inner.write(batch, durability);
+        }
+        match self.fault {
+            Fault::FailWrites | Fault::Crash => Err(self.injected()),
+            Fault::NoSpaceOnce => {
+                self.recovered.store(true, Ordering::SeqCst);
+                Err(self.injected())
+            }
+            Fault::SyncFailsOnce if durability == Durability::Buffered => {
+                // Only a sync can fail this way; keep the fault for the next one.
+                self.budget.store(0, Ordering::SeqCst);
+                self.inner.write(batch, durability)
+            }
+            Fault::SyncFailsOnce => {
+                self.recovered.store(true, Ordering::SeqCst);
+                self.inner.write_unsynced(batch);
+                Err(self.injected())
+            }
         }
     }
 
@@ -256,7 +360,7 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     }
 
     fn flush(&self) -> Result<()> {
-        if self.budget.load(Ordering::SeqCst) == 0 && self.fault == Fault::Crash {
+        if self.crashed() {
             return Err(self.injected());
         }
         self.inner.flush()
@@ -291,6 +395,68 @@ mod tests {
         batch.put(Cf::Meta, b"k".to_vec(), b"v".to_vec());
         b.write(batch.clone(), Durability::Sync)
             .expect("first write passes");
-        assert!(b.write(batch, Durability::Sync).is_err());
+        assert!(b.write(batch.clone(), Durability::Sync).is_err());
+        assert!(b.write(batch, Durability::Sync).is_err(), "stays failed");
+    }
+
+    fn put(k: &[u8]) -> Batch {
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, k.to_vec(), b"v".to_vec());
+        batch
+    }
+
+    #[test]
+    fn mem_power_cut_drops_only_unsynced_writes() {
+        let b = MemBackend::new();
+        b.write(put(b"a"), Durability::Sync).expect("write");
+        b.write(put(b"b"), Durability::Buffered).expect("write");
+        assert!(
+            b.get(Cf::Meta, b"b").expect("get").is_some(),
+            "visible at once"
+        );
+        b.power_cut();
+        assert!(b.get(Cf::Meta, b"a").expect("get").is_some());
+        assert!(
+            b.get(Cf::Meta, b"b").expect("get").is_none(),
+            "never synced"
+        );
+        // A synced write makes everything before it durable, as a WAL sync does.
+        b.write(put(b"c"), Durability::Buffered).expect("write");
+        b.write(put(b"d"), Durability::Sync).expect("write");
+        b.power_cut();
+        assert!(b.get(Cf::Meta, b"c").expect("get").is_some());
+        assert!(b.get(Cf::Meta, b"d").expect("get").is_some());
+    }
+
+    #[test]
+    fn faulty_no_space_once_fails_one_write_then_recovers() {
+        let inner = MemBackend::new();
+        let b = FaultyBackend::new(inner.clone(), 1, Fault::NoSpaceOnce);
+        b.write(put(b"a"), Durability::Sync).expect("within budget");
+        let e = b
+            .write(put(b"b"), Durability::Sync)
+            .expect_err("fails once");
+        assert!(e.to_string().contains("full"), "{e}");
+        assert!(
+            inner.get(Cf::Meta, b"b").expect("get").is_none(),
+            "nothing applied"
+        );
+        b.write(put(b"c"), Durability::Sync).expect("recovered");
+        b.write(put(b"d"), Durability::Sync)
+            .expect("still recovered");
+    }
+
+    #[test]
+    fn faulty_sync_fails_once_leaves_the_write_visible_but_not_durable() {
+        let inner = MemBackend::new();
+        let b = FaultyBackend::new(inner.clone(), 0, Fault::SyncFailsOnce);
+        b.write(put(b"a"), Durability::Buffered)
+            .expect("buffered passes");
+        b.write(put(b"b"), Durability::Sync)
+            .expect_err("sync fails");
+        assert!(inner.get(Cf::Meta, b"b").expect("get").is_some());
+        inner.power_cut();
+        assert!(inner.get(Cf::Meta, b"b").expect("get").is_none());
+        b.write(put(b"c"), Durability::Sync).expect("recovered");
     }
 }

@@ -137,7 +137,9 @@ impl Store {
         codec::decode(hash, &value)
     }
 
-    /// True when the object is stored.
+    /// True when the object is stored. The cache holds only objects read from the
+    /// backend or written by a batch that succeeded (`ObjectWriter` fills it after its
+    /// write, never before), so an object a failed commit staged never counts as stored.
     pub fn contains(&self, hash: &Hash) -> Result<bool> {
         if self.cache.get(hash).is_some() {
             return Ok(true);
@@ -151,10 +153,12 @@ impl Store {
             store: self,
             batch: Batch::new(),
             staged: HashSet::new(),
+            to_cache: Vec::new(),
             new_objects: 0,
             new_bytes: 0,
             pending_objects: 0,
             pending_bytes: 0,
+            spilled: false,
         }
     }
 
@@ -220,12 +224,16 @@ pub struct ObjectWriter<'a> {
     store: &'a Store,
     batch: Batch,
     staged: HashSet<Hash>,
+    /// Small staged objects, to put in the cache once the write holding them succeeded.
+    to_cache: Vec<(Hash, Arc<[u8]>)>,
     /// Objects that were not in the store before this writer.
     pub new_objects: u64,
     /// Encoded bytes of those objects.
     pub new_bytes: u64,
     pending_objects: u64,
     pending_bytes: u64,
+    /// Some objects were written ahead, buffered.
+    spilled: bool,
 }
 
 impl ObjectWriter<'_> {
@@ -248,7 +256,7 @@ impl ObjectWriter<'_> {
         self.batch.put(Cf::Objects, hash.as_bytes().to_vec(), value);
         self.staged.insert(hash);
         if bytes.len() <= 256 << 10 {
-            self.store.cache.insert(hash, Arc::from(bytes));
+            self.to_cache.push((hash, Arc::from(bytes)));
         }
         if self.batch.bytes() >= STAGE_LIMIT {
             self.spill()?;
@@ -267,7 +275,16 @@ impl ObjectWriter<'_> {
         )?;
         self.pending_objects = 0;
         self.pending_bytes = 0;
+        self.spilled = true;
+        self.fill_cache();
         Ok(())
+    }
+
+    /// Caches what a successful write stored.
+    fn fill_cache(&mut self) {
+        for (hash, bytes) in self.to_cache.drain(..) {
+            self.store.cache.insert(hash, bytes);
+        }
     }
 
     /// Writes every staged object together with `extra` ops, atomically, synced.
@@ -279,12 +296,21 @@ impl ObjectWriter<'_> {
     pub fn commit_with(mut self, extra: Batch, durability: Durability) -> Result<(u64, u64)> {
         let mut batch = std::mem::take(&mut self.batch);
         batch.ops.extend(extra.ops);
+        if batch.is_empty() {
+            // Nothing new (everything deduplicated): no write; a sync only for what
+            // earlier spills left buffered.
+            if self.spilled && durability == Durability::Sync {
+                self.store.backend.flush()?;
+            }
+            return Ok((self.new_objects, self.new_bytes));
+        }
         self.store.write_counted(
             batch,
             self.pending_objects as i64,
             self.pending_bytes as i64,
             durability,
         )?;
+        self.fill_cache();
         Ok((self.new_objects, self.new_bytes))
     }
 }
@@ -329,6 +355,31 @@ mod tests {
             store.get(&Hash::of(b"nope")),
             Err(Error::MissingObject(_))
         ));
+    }
+
+    /// Issue 8: a commit that failed for space left its objects in the cache, and the
+    /// retry deduplicated against them and committed a snapshot without its data.
+    #[test]
+    fn a_failed_commit_leaves_nothing_to_deduplicate_against() {
+        let inner = MemBackend::new();
+        // Budget 1: the format version passes, the first commit fails for space.
+        let faulty = Arc::new(FaultyBackend::new(inner.clone(), 1, Fault::NoSpaceOnce));
+        let store = Store::open(faulty, 1 << 20).expect("open");
+        let mut w = store.writer();
+        let h = w.put(b"precious").expect("put");
+        assert!(w.commit(Batch::new()).is_err(), "the disk is full");
+        assert!(!store.contains(&h).expect("contains"), "not stored");
+        let mut w = store.writer();
+        w.put(b"precious").expect("put");
+        assert_eq!(
+            w.commit(Batch::new()).expect("retry"),
+            (1, 9),
+            "written again"
+        );
+        // A cold reopen after a power cut finds it.
+        inner.power_cut();
+        let store = Store::open(Arc::new(inner), 1 << 20).expect("reopen");
+        assert_eq!(&*store.get(&h).expect("get"), b"precious");
     }
 
     const CODEC_RAW_FOR_TEST: u8 = codec::CODEC_RAW;

@@ -2,6 +2,7 @@
 //! model, crash consistency, import/export, gc and fsck.
 
 mod crash;
+mod durability;
 mod model;
 mod repo;
 mod workspace;

@@ -98,6 +98,10 @@ enum Op {
     Bulk(Option<usize>, u8, u8),
     /// Remove every `stride`-th bulk file of a directory.
     BulkUnlink(Option<usize>, u8),
+    /// `fsync` in the current workspace: its state survives a crash from now on.
+    Sync,
+    /// The process dies (kill -9) and the repo is reopened.
+    Crash,
 }
 
 const PATHS: &[&str] = &[
@@ -122,6 +126,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::Diff(a, b)),
         1 => (prop::option::of(p.clone()), 1u8..200, any::<u8>()).prop_map(|(d, c, s)| Op::Bulk(d, c, s)),
         1 => (prop::option::of(p.clone()), 2u8..5).prop_map(|(d, k)| Op::BulkUnlink(d, k)),
+        2 => Just(Op::Sync),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -460,14 +466,96 @@ fn model_diff(a: &Frozen, b: &Frozen) -> BTreeSet<(String, ChangeKind)> {
     out
 }
 
+/// What a crash must bring a workspace back to: the state of its last sync (or commit,
+/// checkout, creation), where a file's content may also be any its file had since (an
+/// own copy keeps its newest bytes, whatever its names became).
+#[derive(Default)]
+struct Durable {
+    synced: Frozen,
+    /// Path -> model file id, at the sync.
+    ids: HashMap<String, u64>,
+    /// Model file id -> every content it had since the sync.
+    since: HashMap<u64, BTreeSet<Vec<u8>>>,
+}
+
+impl Durable {
+    fn at(m: &Model) -> Durable {
+        let ids = m
+            .paths
+            .iter()
+            .filter_map(|(p, n)| match n {
+                Node::File(id) => Some((p.clone(), *id)),
+                _ => None,
+            })
+            .collect();
+        Durable {
+            synced: m.freeze(),
+            ids,
+            since: HashMap::new(),
+        }
+    }
+
+    fn saw(&mut self, m: &Model) {
+        for (id, data) in &m.files {
+            self.since.entry(*id).or_default().insert(data.clone());
+        }
+    }
+
+    /// Checks a recovered state against what was durable.
+    fn check(&self, got: &Frozen, step: usize) {
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            self.synced.keys().collect::<Vec<_>>(),
+            "step {step}: names after the crash are those of the last sync"
+        );
+        for (p, v) in got {
+            let want = &self.synced[p];
+            let later = v.as_ref().is_some_and(|v| {
+                self.ids
+                    .get(p)
+                    .and_then(|id| self.since.get(id))
+                    .is_some_and(|s| s.contains(v))
+            });
+            assert!(
+                v == want || later,
+                "step {step}: {p} came back as {v:?}, synced as {want:?}"
+            );
+        }
+    }
+}
+
+/// The model of a workspace as it is, hard links (one inode, several names) included.
+fn model_of(ws: &Workspace) -> Model {
+    let mut m = Model::default();
+    let mut ids: HashMap<Ino, u64> = HashMap::new();
+    for (p, v) in contents(ws) {
+        let node = match v {
+            None => Node::Dir,
+            Some(v) if v.starts_with(b"-> ") => Node::Symlink(v[3..].to_vec()),
+            Some(v) => {
+                let ino = ws.resolve(&p).expect("resolve");
+                let id = *ids.entry(ino).or_insert_with(|| {
+                    m.next += 1;
+                    m.next
+                });
+                m.files.insert(id, v);
+                Node::File(id)
+            }
+        };
+        m.paths.insert(p, node);
+    }
+    m
+}
+
 fn run(ops: Vec<Op>) {
-    let (_dir, _backend, repo) = mem_repo();
-    let repo: Arc<Repo> = Arc::new(repo);
+    let (dir, backend, repo) = mem_repo();
+    let mut repo: Arc<Repo> = Arc::new(repo);
     let mut spaces = vec![(
         repo.create_workspace(None, false, Default::default())
             .expect("create"),
         Model::default(),
     )];
+    let mut durable = vec![Durable::default()];
     let mut cur = 0;
     let mut snaps: Vec<(SnapshotId, helios_snapshot::Hash, Frozen)> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
@@ -476,19 +564,47 @@ fn run(ops: Vec<Op>) {
             Op::Snapshot => {
                 let s = ws.snapshot(None, Default::default()).expect("snapshot");
                 snaps.push((s.id, s.root, model.freeze()));
+                durable[cur] = Durable::at(model);
             }
             Op::Checkout(k) if !snaps.is_empty() => {
                 let (id, _, frozen) = &snaps[k % snaps.len()];
                 ws.checkout(*id, true).expect("checkout");
                 *model = Model::thaw(frozen);
+                durable[cur] = Durable::at(model);
             }
             Op::Fork(k) if !snaps.is_empty() => {
                 let (id, _, frozen) = &snaps[k % snaps.len()];
                 let ws = repo
                     .create_workspace(Some(*id), false, Default::default())
                     .expect("fork");
-                spaces.push((ws, Model::thaw(frozen)));
+                let m = Model::thaw(frozen);
+                durable.push(Durable::at(&m));
+                spaces.push((ws, m));
                 cur = spaces.len() - 1;
+            }
+            Op::Sync => {
+                ws.sync().expect("sync");
+                durable[cur] = Durable::at(model);
+            }
+            Op::Crash => {
+                let ids: Vec<_> = spaces.iter().map(|(w, _)| w.id()).collect();
+                spaces.clear();
+                drop(repo);
+                repo = Arc::new(
+                    Repo::open_with(
+                        dir.path(),
+                        Arc::new(backend.clone()) as Arc<dyn helios_snapshot::store::Backend>,
+                        64 << 20,
+                    )
+                    .expect("reopen after the crash"),
+                );
+                for (k, id) in ids.into_iter().enumerate() {
+                    let ws = repo.open_workspace(id).expect("reopen workspace");
+                    durable[k].check(&frozen_of(&ws), step);
+                    let m = model_of(&ws);
+                    durable[k] = Durable::at(&m);
+                    spaces.push((ws, m));
+                }
             }
             Op::Switch(k) => cur = k % spaces.len(),
             Op::Diff(i, j) if !snaps.is_empty() => {
@@ -515,6 +631,7 @@ fn run(ops: Vec<Op>) {
                     got, want,
                     "step {step}: {op:?} succeeded={got}, model says {want}"
                 );
+                durable[cur].saw(model);
             }
         }
         let (ws, model) = &spaces[cur];
