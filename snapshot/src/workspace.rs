@@ -281,13 +281,18 @@ struct State {
     prehashed: FxHashMap<Ino, Prehashed>,
     /// Inodes whose journal record may differ from what the journal holds (`journal.rs`).
     jdirty: FxHashSet<Ino>,
-    /// Inodes that have a record in the journal.
-    journaled: FxHashSet<Ino>,
+    /// Inodes that have a record in the journal, with the hash of the record as written
+    /// (a sync skips records that did not change: an fsync of a file whose data alone
+    /// changed then costs no journal write at all).
+    journaled: FxHashMap<Ino, Hash>,
     /// Own copies of freed inodes that a journal record still names: deleted once the
     /// record is (a crash before that would otherwise lose a synced file that a rename
     /// replaced, instead of finding its old content).
     held_files: Vec<(Ino, u64)>,
 }
+
+/// The record hash of a journal record written by an earlier process.
+const UNKNOWN_RECORD: Hash = Hash([0; 32]);
 
 /// An inode a commit marked clean, and a directory's base before it.
 struct Cleaned {
@@ -380,7 +385,8 @@ impl Workspace {
             dead_files: Vec::new(),
             prehashed: FxHashMap::default(),
             jdirty: FxHashSet::default(),
-            journaled: records.keys().copied().collect(),
+            // Written before this process: their bytes are not known here.
+            journaled: records.keys().map(|k| (*k, UNKNOWN_RECORD)).collect(),
             held_files: Vec::new(),
         };
         let mut next_file = 1;
@@ -400,7 +406,7 @@ impl Workspace {
             }
             st.inodes.insert(Ino::ROOT, dir_inode(start, None, 0));
             // Records without a root are stale: the next sync deletes them.
-            st.jdirty = st.journaled.clone();
+            st.jdirty = st.journaled.keys().copied().collect();
         }
         Ok(Workspace {
             shared,
@@ -1367,10 +1373,13 @@ impl Workspace {
             for ino in &dirty {
                 match st.journal_record(*ino) {
                     Ok(Some(v)) => {
-                        batch.put(Cf::Journal, journal::key(self.id, *ino), v);
-                        puts.push(*ino);
+                        let h = Hash::of(&v);
+                        if st.journaled.get(ino) != Some(&h) {
+                            batch.put(Cf::Journal, journal::key(self.id, *ino), v);
+                            puts.push((*ino, h));
+                        }
                     }
-                    Ok(None) if st.journaled.contains(ino) => {
+                    Ok(None) if st.journaled.contains_key(ino) => {
                         batch.delete(Cf::Journal, journal::key(self.id, *ino));
                         deletes.push(*ino);
                     }
@@ -1380,6 +1389,9 @@ impl Workspace {
                         return Err(e);
                     }
                 }
+            }
+            if batch.is_empty() {
+                return Ok(());
             }
             (batch, puts, deletes)
         };
@@ -1398,7 +1410,8 @@ impl Workspace {
                 Ok(())
             }
             Err(e) => {
-                st.jdirty.extend(puts.into_iter().chain(deletes));
+                st.jdirty
+                    .extend(puts.into_iter().map(|(ino, _)| ino).chain(deletes));
                 Err(e)
             }
         }
@@ -2451,7 +2464,7 @@ impl State {
     /// Stages the deletion of every journal record (the batch commits or moves the
     /// workspace, leaving nothing uncommitted that a record would describe).
     fn stage_journal_clear(&self, ws: WorkspaceId, batch: &mut Batch) {
-        for ino in &self.journaled {
+        for ino in self.journaled.keys() {
             batch.delete(Cf::Journal, journal::key(ws, *ino));
         }
     }
@@ -2465,7 +2478,7 @@ impl State {
 
     /// Own copy `id` of freed inode `ino` is garbage, once no journal record names it.
     fn drop_file(&mut self, ino: Ino, id: u64) {
-        if self.journaled.contains(&ino) {
+        if self.journaled.contains_key(&ino) {
             self.held_files.push((ino, id));
         } else {
             self.dead_files.push(id);
@@ -2477,7 +2490,7 @@ impl State {
         let journaled = &self.journaled;
         let (keep, free): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_files)
             .into_iter()
-            .partition(|(ino, _)| journaled.contains(ino));
+            .partition(|(ino, _)| journaled.contains_key(ino));
         self.held_files = keep;
         self.dead_files.extend(free.into_iter().map(|(_, id)| id));
     }
@@ -2516,7 +2529,15 @@ impl State {
                 id,
                 committed: None,
                 ..
-            }) => Ok(Some(journal::encode_file(&i.attrs, *id))),
+            }) => {
+                // The mtime comes from the own copy at recovery; left out here, a write
+                // alone does not change the record.
+                let attrs = Attrs {
+                    mtime: 0,
+                    ..i.attrs.clone()
+                };
+                Ok(Some(journal::encode_file(&attrs, *id)))
+            }
             _ => Ok(None),
         }
     }

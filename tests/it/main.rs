@@ -2,6 +2,7 @@
 //! driven through the CLI and through raw HTTP, with real FUSE mounts.
 
 mod api;
+mod crash_cycles;
 mod durability;
 mod lifecycle;
 mod mcts;
@@ -118,6 +119,22 @@ impl Daemon {
         let mut child = self.child.take().expect("running");
         child.kill().expect("kill -9");
         child.wait().expect("wait");
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// True when the daemon process has exited (it is reaped and forgotten then).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) | None => {
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
