@@ -1,0 +1,428 @@
+//! Commits of the inode table: snapshot, save (the `head` kept at a clean stop) and
+//! checkout. A commit encodes only dirty directories and hashes only written files;
+//! a failed write restores every mark it made.
+
+use super::*;
+
+impl Workspace {
+    /// Freezes the current content as a new child of the base snapshot; the workspace
+    /// then stands on it. Cost: O(changed paths × depth + changed bytes).
+    pub fn snapshot(
+        &self,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Snapshot> {
+        self.check_writable()?;
+        let _sync = self.sync_lock.lock();
+        let _gc = self.shared.gc_lock.read();
+        let start = Instant::now();
+        let mut w = self.shared.store.writer();
+        self.prehash(&mut w)?;
+        let mut st = self.state.write();
+        let mut changed = 0u64;
+        let mut cleaned = Vec::new();
+        let result = (|| {
+            let tref = st.commit_dir(self, Ino::ROOT, &mut w, &mut changed, &mut cleaned)?;
+            let id = self.shared.alloc_snapshot_id();
+            let snap = Snapshot {
+                id,
+                parent: st.base,
+                root: tref.fp,
+                tree: tref.node,
+                bytes: tref.bytes,
+                label,
+                created_ms: (now() / 1_000_000) as u64,
+                annotations,
+                metrics: Metrics {
+                    latency_us: 0,
+                    new_objects: w.new_objects,
+                    new_bytes: w.new_bytes,
+                    changed_paths: changed,
+                },
+            };
+            Ok::<_, Error>(snap)
+        })();
+        // Results the commit did not use (files gone meanwhile) must not outlive it.
+        st.prehashed.clear();
+        let mut snap = match result {
+            Ok(s) => s,
+            Err(e) => {
+                st.uncommit(&cleaned);
+                return Err(e);
+            }
+        };
+        snap.metrics.latency_us = start.elapsed().as_micros() as u64;
+        let mut batch = Batch::new();
+        snapshot::stage_insert(&mut batch, &snap);
+        self.shared.stage_counters(&mut batch);
+        let old = (st.base, st.base_root);
+        st.base = Some(snap.id);
+        st.base_root = snap.root;
+        batch.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(&st, None)),
+        );
+        st.stage_journal_clear(self.id, &mut batch);
+        if let Err(e) = w.commit(batch) {
+            (st.base, st.base_root) = old;
+            st.uncommit(&cleaned);
+            return Err(e);
+        }
+        st.journal_cleared();
+        self.remove_dead_files(&mut st);
+        self.shared.count_snapshots(1, snap.bytes as i64);
+        Ok(snap)
+    }
+
+    /// Hashes the changed own copies without holding the lock, so that a snapshot of a
+    /// large change does not stall the workspace; the commit then uses each result whose
+    /// file did not change meanwhile, and hashes the others itself.
+    pub(super) fn prehash(&self, w: &mut ObjectWriter<'_>) -> Result<()> {
+        let pending = self.state.read().pending_files();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::with_capacity(pending.len());
+        for (ino, id, writes) in pending {
+            let path = self.data_path(id);
+            let Ok(f) = File::open(&path) else { continue };
+            let meta = f
+                .metadata()
+                .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+            let content = tree::store_file(w, f)?;
+            done.push((
+                ino,
+                Prehashed {
+                    id,
+                    writes,
+                    content,
+                    mtime: file_mtime(&meta),
+                },
+            ));
+        }
+        self.state.write().prehashed = done.into_iter().collect();
+        Ok(())
+    }
+
+    /// Switches to snapshot `id` in place. Refuses with `Dirty` when there are
+    /// uncommitted changes, unless `discard`. O(1) in tree size: directories load lazily,
+    /// and unchanged paths keep their inode numbers.
+    pub fn checkout(&self, id: SnapshotId, discard: bool) -> Result<Invalidation> {
+        let snap = snapshot::load(self.shared.store.backend().as_ref(), id)?;
+        let _sync = self.sync_lock.lock();
+        let mut st = self.state.write();
+        if st.is_dirty() && !discard {
+            return Err(Error::Dirty(self.id));
+        }
+        let old = (st.base, st.base_root);
+        st.base = Some(id);
+        st.base_root = snap.root;
+        // Buffered: the new base survives a crash of the daemon (the log is in the page
+        // cache) and, after a power cut, the workspace is back at the old one.
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(&st, None)),
+        );
+        st.stage_journal_clear(self.id, &mut batch);
+        if let Err(e) = self
+            .shared
+            .store
+            .backend()
+            .write(batch, Durability::Buffered)
+        {
+            (st.base, st.base_root) = old;
+            return Err(e);
+        }
+        st.journal_cleared();
+        self.remove_dead_files(&mut st);
+        let invalidation = st.known_entries();
+        st.generation += 1;
+        let generation = st.generation;
+        let tref = TreeRef {
+            node: snap.tree,
+            fp: snap.root,
+            bytes: snap.bytes,
+        };
+        let root = st.inode_mut(Ino::ROOT)?;
+        root.generation = generation;
+        if let Node::Dir { state, prev } = &mut root.node {
+            let old = std::mem::replace(state, DirState::Unloaded(tref));
+            if let DirState::Loaded { entries, .. } = old {
+                *prev = Some(entries);
+            }
+        }
+        Ok(invalidation)
+    }
+
+    /// Persists uncommitted changes (as a tree in the store) so that they survive closing
+    /// and reopening the store. Called by `close`.
+    pub fn save(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let _sync = self.sync_lock.lock();
+        let _gc = self.shared.gc_lock.read();
+        let mut st = self.state.write();
+        let mut w = self.shared.store.writer();
+        let mut changed = 0;
+        let mut cleaned = Vec::new();
+        let tref = match st.commit_dir(self, Ino::ROOT, &mut w, &mut changed, &mut cleaned) {
+            Ok(t) => t,
+            Err(e) => {
+                st.uncommit(&cleaned);
+                return Err(e);
+            }
+        };
+        let head = (tref.fp != st.base_root).then_some(tref);
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Workspaces,
+            self.id.key(),
+            snapshot::encode_record(&self.make_record(&st, head)),
+        );
+        st.stage_journal_clear(self.id, &mut batch);
+        if let Err(e) = w.commit(batch) {
+            st.uncommit(&cleaned);
+            return Err(e);
+        }
+        st.journal_cleared();
+        self.remove_dead_files(&mut st);
+        Ok(())
+    }
+}
+
+impl State {
+    /// Own copies a commit would hash now: (inode, file id, writes), found by walking
+    /// only dirty directories.
+    pub(super) fn pending_files(&self) -> Vec<(Ino, u64, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![Ino::ROOT];
+        while let Some(dir) = stack.pop() {
+            if !self.needs_commit(dir) {
+                continue;
+            }
+            let Ok(entries) = self.entries(dir) else {
+                continue;
+            };
+            for child in entries.values() {
+                match self.inodes.get(child).map(|i| &i.node) {
+                    Some(Node::File(FileData::Owned {
+                        id,
+                        committed: None,
+                        writes,
+                        ..
+                    })) => out.push((*child, *id, *writes)),
+                    Some(Node::Dir { .. }) => stack.push(*child),
+                    _ => {}
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Encodes a directory, recursing only into dirty subdirectories and hashing only
+    /// changed files. `cleaned` records what was marked clean (with a directory's base
+    /// before), for `uncommit`.
+    pub(super) fn commit_dir(
+        &mut self,
+        ws: &Workspace,
+        ino: Ino,
+        w: &mut ObjectWriter<'_>,
+        changed: &mut u64,
+        cleaned: &mut Vec<Cleaned>,
+    ) -> Result<TreeRef> {
+        let (pending, base) = match &self.inode(ino)?.node {
+            Node::Dir {
+                state: DirState::Unloaded(t),
+                ..
+            } => return Ok(*t),
+            Node::Dir {
+                state: DirState::Loaded { clean: Some(t), .. },
+                ..
+            } => return Ok(*t),
+            Node::Dir {
+                state: DirState::Loaded { entries, base, .. },
+                ..
+            } => {
+                let pending: Vec<Ino> = entries
+                    .values()
+                    .copied()
+                    .filter(|c| self.needs_commit(*c))
+                    .collect();
+                (pending, *base)
+            }
+            _ => return Err(Error::NotADirectory(ino.to_string())),
+        };
+        // Children first: dirty subdirectories and written files.
+        for child in pending {
+            if self.inode(child)?.kind() == Kind::Dir {
+                self.commit_dir(ws, child, w, changed, cleaned)?;
+            } else {
+                self.commit_file(ws, child, w, cleaned)?;
+            }
+        }
+        // Then encode from borrowed entries: no copies of names or attributes.
+        let enc = {
+            let i = self.inode(ino)?;
+            let entries = self.entries(ino)?;
+            let mut refs = Vec::with_capacity(entries.len());
+            for (name, child) in entries {
+                refs.push((name, self.entry_ref(*child)?));
+            }
+            let enc = tree::encode_dir(&i.attrs, &refs);
+            *changed += match base {
+                Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
+                None => refs.len() as u64,
+            };
+            enc
+        };
+        let tref = enc.store(w)?;
+        if let Node::Dir {
+            state: DirState::Loaded { clean, base, .. },
+            ..
+        } = &mut self.inode_mut(ino)?.node
+        {
+            *clean = Some(tref);
+            cleaned.push(Cleaned {
+                ino,
+                base: base.replace(tref.node),
+            });
+        }
+        Ok(tref)
+    }
+
+    /// True for a dirty directory or a file written since its last commit.
+    pub(super) fn needs_commit(&self, ino: Ino) -> bool {
+        matches!(
+            self.inodes.get(&ino).map(|i| &i.node),
+            Some(Node::Dir {
+                state: DirState::Loaded { clean: None, .. },
+                ..
+            }) | Some(Node::File(FileData::Owned {
+                committed: None,
+                ..
+            }))
+        )
+    }
+
+    /// The committed form of a child, borrowed (children are committed first).
+    pub(super) fn entry_ref(&self, ino: Ino) -> Result<EntryRef<'_>> {
+        let i = self.inode(ino)?;
+        let uncommitted = || Error::InvalidArgument(format!("{ino} is not committed"));
+        Ok(match &i.node {
+            Node::Dir {
+                state: DirState::Unloaded(t),
+                ..
+            }
+            | Node::Dir {
+                state: DirState::Loaded { clean: Some(t), .. },
+                ..
+            } => EntryRef::Dir(*t),
+            Node::Dir { .. } => return Err(uncommitted()),
+            Node::File(FileData::Clean(c))
+            | Node::File(FileData::Owned {
+                committed: Some(c), ..
+            }) => EntryRef::File {
+                attrs: &i.attrs,
+                content: *c,
+            },
+            Node::File(_) => return Err(uncommitted()),
+            Node::Symlink(target) => EntryRef::Symlink {
+                attrs: &i.attrs,
+                target,
+            },
+            Node::Special(special) => EntryRef::Special {
+                attrs: &i.attrs,
+                special: *special,
+            },
+        })
+    }
+
+    pub(super) fn commit_file(
+        &mut self,
+        ws: &Workspace,
+        ino: Ino,
+        w: &mut ObjectWriter<'_>,
+        cleaned: &mut Vec<Cleaned>,
+    ) -> Result<Content> {
+        let (id, writes) = match &self.inode(ino)?.node {
+            Node::File(FileData::Clean(c)) => return Ok(*c),
+            Node::File(FileData::Owned {
+                committed: Some(c), ..
+            }) => return Ok(*c),
+            Node::File(FileData::Owned { id, writes, .. }) => (*id, *writes),
+            _ => return Err(Error::InvalidArgument("not a file".into())),
+        };
+        if let Some(pre) = self.prehashed.remove(&ino)
+            && pre.writes == writes
+            && pre.id == id
+        {
+            let i = self.inode_mut(ino)?;
+            i.attrs.mtime = pre.mtime;
+            if let Node::File(FileData::Owned {
+                committed, size, ..
+            }) = &mut i.node
+            {
+                *committed = Some(pre.content);
+                *size = pre.content.size;
+            }
+            cleaned.push(Cleaned { ino, base: None });
+            return Ok(pre.content);
+        }
+        let path = ws.data_path(id);
+        let f = File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        self.inode_mut(ino)?.attrs.mtime = file_mtime(&meta);
+        let content = tree::store_file(w, f)?;
+        if let Node::File(FileData::Owned {
+            committed, size, ..
+        }) = &mut self.inode_mut(ino)?.node
+        {
+            *committed = Some(content);
+            *size = content.size;
+        }
+        cleaned.push(Cleaned { ino, base: None });
+        Ok(content)
+    }
+
+    /// Undoes the clean marks of a commit that failed to write. A directory's base goes
+    /// back too: the node the failed commit encoded was never stored.
+    pub(super) fn uncommit(&mut self, cleaned: &[Cleaned]) {
+        for c in cleaned {
+            if let Some(i) = self.inodes.get_mut(&c.ino) {
+                match &mut i.node {
+                    Node::Dir {
+                        state: DirState::Loaded { clean, base, .. },
+                        ..
+                    } => {
+                        *clean = None;
+                        *base = c.base;
+                    }
+                    Node::File(FileData::Owned { committed, .. }) => *committed = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// An inode a commit marked clean, and a directory's base before it.
+pub(super) struct Cleaned {
+    ino: Ino,
+    base: Option<Hash>,
+}
+
+/// An own copy hashed without the lock, valid while its `writes` count is unchanged.
+pub(super) struct Prehashed {
+    id: u64,
+    writes: u64,
+    content: Content,
+    mtime: Nanos,
+}
