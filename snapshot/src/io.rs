@@ -12,14 +12,14 @@ use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{FchownatFlags, Gid, Uid, fchownat};
 
+use crate::commit::{self, Built, ChangeSource, Landing};
 use crate::error::{Error, Result};
 use crate::ids::SnapshotId;
 use crate::name::Name;
 use crate::repo::Repo;
-use crate::snapshot::{self, Metrics, Snapshot};
-use crate::store::{Batch, ObjectWriter, Store};
+use crate::snapshot::Snapshot;
+use crate::store::{ObjectWriter, Store};
 use crate::tree::{self, Attrs, DirNode, EntryKind, Special, TreeRef};
-use crate::workspace::now;
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let context = format!("{what} {}", path.display());
@@ -104,32 +104,17 @@ impl Repo {
             return Err(Error::NotADirectory(path.display().to_string()));
         }
         let _gc = self.shared.gc_lock.read();
-        let start = Instant::now();
-        let mut w = self.shared.store.writer();
-        let mut paths = 0u64;
-        let tref = import_dir(&mut w, path, &meta, &mut paths)?;
-        let snap = Snapshot {
-            id: self.shared.alloc_snapshot_id(),
+        let landing = Landing::Snapshot {
             parent: None,
-            root: tref.fp,
-            tree: tref.node,
-            bytes: tref.bytes,
             label,
-            created_ms: (now() / 1_000_000) as u64,
             annotations: Default::default(),
-            metrics: Metrics {
-                latency_us: start.elapsed().as_micros() as u64,
-                new_objects: w.new_objects,
-                new_bytes: w.new_bytes,
-                changed_paths: paths,
-            },
+            start: Instant::now(),
         };
-        let mut batch = Batch::new();
-        snapshot::stage_insert(&mut batch, &snap);
-        self.shared.stage_counters(&mut batch);
-        w.commit(batch)?;
-        self.shared.count_snapshots(1, snap.bytes as i64);
-        Ok(snap)
+        let mut source = Import { path, meta };
+        let w = self.shared.store.writer();
+        commit::land(&self.shared, &mut source, w, landing)?
+            .snapshot
+            .ok_or_else(|| Error::InvalidArgument("a snapshot landing made no snapshot".into()))
     }
 
     /// Writes snapshot `id` into `target`, which must be missing or an empty directory.
@@ -161,6 +146,23 @@ impl Repo {
         }
         let node = DirNode::load(self.store(), &snap.tree)?;
         export_dir(self.store(), &node, target)
+    }
+}
+
+/// A real directory as a source of changes: every path in it is new.
+struct Import<'a> {
+    path: &'a Path,
+    meta: fs::Metadata,
+}
+
+impl ChangeSource for Import<'_> {
+    fn build(&mut self, w: &mut ObjectWriter<'_>) -> Result<Built> {
+        let mut paths = 0;
+        let tree = import_dir(w, self.path, &self.meta, &mut paths)?;
+        Ok(Built {
+            tree,
+            changed_paths: paths,
+        })
     }
 }
 

@@ -3,7 +3,9 @@
 //! workspaces with O(1) fork and checkout. No FUSE, no async runtime, no wire types.
 
 mod acl;
+mod commit;
 mod diff;
+mod edits;
 mod error;
 mod gc;
 mod hash;
@@ -20,6 +22,7 @@ pub use tree::Special;
 mod workspace;
 
 pub use diff::{Change, ChangeKind};
+pub use edits::{Edit, Edits};
 pub use error::{Error, Result};
 pub use gc::{FsckReport, GcReport};
 pub use hash::Hash;

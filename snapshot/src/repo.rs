@@ -8,6 +8,8 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::commit::{self, Landing};
+use crate::edits::{EditSource, Edits};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::ids::{SnapshotId, WorkspaceId};
@@ -384,6 +386,62 @@ impl Repo {
         self.shared
             .count_snapshots(-(removed.len() as i64), -(bytes as i64));
         Ok(removed)
+    }
+
+    /// Commits `edits` over snapshot `parent` (the empty tree for `None`) as its new child:
+    /// the commit path of an engine that learns its changes by path. Only directories on
+    /// edited paths are loaded. With `workspace`, that workspace (which must stand on
+    /// `parent`) moves onto the new snapshot in the same batch.
+    pub fn commit_edits(
+        &self,
+        parent: Option<SnapshotId>,
+        edits: &Edits,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+        workspace: Option<WorkspaceId>,
+    ) -> Result<Snapshot> {
+        let start = std::time::Instant::now();
+        let _gc = self.shared.gc_lock.read();
+        let base = match parent {
+            Some(id) => {
+                let s = self.snapshot(id)?;
+                TreeRef {
+                    node: s.tree,
+                    fp: s.root,
+                    bytes: s.bytes,
+                }
+            }
+            None => self.empty_tree()?,
+        };
+        let moves = match workspace {
+            Some(id) => {
+                let rec = self.workspace_record(id)?;
+                if rec.base != parent {
+                    return Err(Error::InvalidArgument(format!(
+                        "workspace {id} stands on {:?}, not on the edits' parent {parent:?}",
+                        rec.base
+                    )));
+                }
+                Some(rec)
+            }
+            None => None,
+        };
+        let mut source = EditSource {
+            shared: &self.shared,
+            base,
+            edits,
+            moves,
+        };
+        let landing = Landing::Snapshot {
+            parent,
+            label,
+            annotations,
+            start,
+        };
+        let w = self.shared.store.writer();
+        commit::land(&self.shared, &mut source, w, landing)?
+            .snapshot
+            .ok_or_else(|| Error::InvalidArgument("a snapshot landing made no snapshot".into()))
     }
 
     // ---- workspaces ----

@@ -3,6 +3,65 @@
 //! a failed write restores every mark it made.
 
 use super::*;
+use crate::commit::{self, Built, ChangeSource, Landed, Landing};
+
+/// The inode table as a source of changes: it re-encodes dirty directories and hashes
+/// written files; landing moves the workspace onto the new snapshot (or records the tree
+/// as its `head`) and empties its journal in the same batch.
+struct TableSource<'a> {
+    ws: &'a Workspace,
+    st: &'a mut State,
+    cleaned: Vec<Cleaned>,
+}
+
+impl ChangeSource for TableSource<'_> {
+    fn build(&mut self, w: &mut ObjectWriter<'_>) -> Result<Built> {
+        let mut changed = 0;
+        let tree = self
+            .st
+            .commit_dir(self.ws, Ino::ROOT, w, &mut changed, &mut self.cleaned);
+        // Results the commit did not use (files gone meanwhile) must not outlive it.
+        self.st.prehashed.clear();
+        Ok(Built {
+            tree: tree?,
+            changed_paths: changed,
+        })
+    }
+
+    fn stage(&mut self, landed: &Landed, batch: &mut Batch) {
+        let rec = match &landed.snapshot {
+            Some(s) => WorkspaceRecord {
+                base: Some(s.id),
+                base_root: s.root,
+                ..self.ws.make_record(self.st, None)
+            },
+            None => {
+                let head = (landed.tree.fp != self.st.base_root).then_some(landed.tree);
+                self.ws.make_record(self.st, head)
+            }
+        };
+        batch.put(
+            Cf::Workspaces,
+            self.ws.id.key(),
+            snapshot::encode_record(&rec),
+        );
+        self.st.stage_journal_clear(self.ws.id, batch);
+    }
+
+    fn landed(&mut self, landed: &Landed) {
+        if let Some(s) = &landed.snapshot {
+            self.st.base = Some(s.id);
+            self.st.base_root = s.root;
+        }
+        self.st.journal_cleared();
+        self.ws.remove_dead_files(self.st);
+    }
+
+    fn failed(&mut self) {
+        self.st.prehashed.clear();
+        self.st.uncommit(&self.cleaned);
+    }
+}
 
 impl Workspace {
     /// Freezes the current content as a new child of the base snapshot; the workspace
@@ -19,60 +78,21 @@ impl Workspace {
         let mut w = self.shared.store.writer();
         self.prehash(&mut w)?;
         let mut st = self.state.write();
-        let mut changed = 0u64;
-        let mut cleaned = Vec::new();
-        let result = (|| {
-            let tref = st.commit_dir(self, Ino::ROOT, &mut w, &mut changed, &mut cleaned)?;
-            let id = self.shared.alloc_snapshot_id();
-            let snap = Snapshot {
-                id,
-                parent: st.base,
-                root: tref.fp,
-                tree: tref.node,
-                bytes: tref.bytes,
-                label,
-                created_ms: (now() / 1_000_000) as u64,
-                annotations,
-                metrics: Metrics {
-                    latency_us: 0,
-                    new_objects: w.new_objects,
-                    new_bytes: w.new_bytes,
-                    changed_paths: changed,
-                },
-            };
-            Ok::<_, Error>(snap)
-        })();
-        // Results the commit did not use (files gone meanwhile) must not outlive it.
-        st.prehashed.clear();
-        let mut snap = match result {
-            Ok(s) => s,
-            Err(e) => {
-                st.uncommit(&cleaned);
-                return Err(e);
-            }
+        let parent = st.base;
+        let mut source = TableSource {
+            ws: self,
+            st: &mut st,
+            cleaned: Vec::new(),
         };
-        snap.metrics.latency_us = start.elapsed().as_micros() as u64;
-        let mut batch = Batch::new();
-        snapshot::stage_insert(&mut batch, &snap);
-        self.shared.stage_counters(&mut batch);
-        let old = (st.base, st.base_root);
-        st.base = Some(snap.id);
-        st.base_root = snap.root;
-        batch.put(
-            Cf::Workspaces,
-            self.id.key(),
-            snapshot::encode_record(&self.make_record(&st, None)),
-        );
-        st.stage_journal_clear(self.id, &mut batch);
-        if let Err(e) = w.commit(batch) {
-            (st.base, st.base_root) = old;
-            st.uncommit(&cleaned);
-            return Err(e);
-        }
-        st.journal_cleared();
-        self.remove_dead_files(&mut st);
-        self.shared.count_snapshots(1, snap.bytes as i64);
-        Ok(snap)
+        let landing = Landing::Snapshot {
+            parent,
+            label,
+            annotations,
+            start,
+        };
+        commit::land(&self.shared, &mut source, w, landing)?
+            .snapshot
+            .ok_or_else(|| Error::InvalidArgument("a snapshot landing made no snapshot".into()))
     }
 
     /// Hashes the changed own copies without holding the lock, so that a snapshot of a
@@ -166,30 +186,13 @@ impl Workspace {
         let _sync = self.sync_lock.lock();
         let _gc = self.shared.gc_lock.read();
         let mut st = self.state.write();
-        let mut w = self.shared.store.writer();
-        let mut changed = 0;
-        let mut cleaned = Vec::new();
-        let tref = match st.commit_dir(self, Ino::ROOT, &mut w, &mut changed, &mut cleaned) {
-            Ok(t) => t,
-            Err(e) => {
-                st.uncommit(&cleaned);
-                return Err(e);
-            }
+        let w = self.shared.store.writer();
+        let mut source = TableSource {
+            ws: self,
+            st: &mut st,
+            cleaned: Vec::new(),
         };
-        let head = (tref.fp != st.base_root).then_some(tref);
-        let mut batch = Batch::new();
-        batch.put(
-            Cf::Workspaces,
-            self.id.key(),
-            snapshot::encode_record(&self.make_record(&st, head)),
-        );
-        st.stage_journal_clear(self.id, &mut batch);
-        if let Err(e) = w.commit(batch) {
-            st.uncommit(&cleaned);
-            return Err(e);
-        }
-        st.journal_cleared();
-        self.remove_dead_files(&mut st);
+        commit::land(&self.shared, &mut source, w, Landing::Tree)?;
         Ok(())
     }
 }

@@ -42,7 +42,7 @@ use crate::ids::{Ino, SnapshotId, WorkspaceId};
 use crate::journal;
 use crate::name::Name;
 use crate::repo::Shared;
-use crate::snapshot::{self, Metrics, Snapshot};
+use crate::snapshot::{self, Snapshot};
 use crate::store::{Batch, Cf, Durability, ObjectWriter};
 use crate::tree::{self, Attrs, Content, EntryKind, EntryRef, Nanos, Special, TARGET_MAX, TreeRef};
 

@@ -3,6 +3,7 @@
 
 mod crash;
 mod durability;
+mod edits;
 mod model;
 mod repo;
 mod workspace;

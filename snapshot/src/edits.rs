@@ -1,0 +1,230 @@
+//! Edit lists: changes keyed by path over a base tree — what an engine that learns its
+//! changes by scanning (an overlay upperdir: new files, whiteouts, opaque directories)
+//! hands the commit path. Building one loads and re-encodes only the directories on
+//! edited paths, so a commit costs O(edited paths × depth + new bytes), never O(tree).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::commit::{Built, ChangeSource, Landed};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::name::Name;
+use crate::repo::Shared;
+use crate::snapshot;
+use crate::store::{Batch, Cf, ObjectWriter};
+use crate::tree::{self, Attrs, EntryKind, EntryRef, TreeRef};
+use crate::workspace::WorkspaceRecord;
+
+/// One change at a path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Whatever is there becomes this entry (stored already): a file, symlink, special
+    /// file, or a whole stored directory.
+    Entry(EntryKind),
+    /// Whatever is there becomes a regular file whose bytes are read from `source` when
+    /// the commit is built.
+    File {
+        /// Its attributes.
+        attrs: Attrs,
+        /// A real file holding its content.
+        source: PathBuf,
+    },
+    /// A directory with these attributes. `opaque`: its entries in the base are dropped
+    /// (a new directory, or one that replaced something); otherwise they are kept and
+    /// edits below apply to them.
+    Dir {
+        /// Its attributes.
+        attrs: Attrs,
+        /// Whether the base's entries are hidden.
+        opaque: bool,
+    },
+    /// Whatever is there is removed (an overlay whiteout).
+    Delete,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Node {
+    edit: Option<Edit>,
+    children: BTreeMap<Name, Node>,
+}
+
+/// Changes by path, applied over a base tree by `Repo::commit_edits`.
+#[derive(Clone, Debug, Default)]
+pub struct Edits {
+    root: Node,
+    count: usize,
+}
+
+impl Edits {
+    /// No changes.
+    pub fn new() -> Edits {
+        Edits::default()
+    }
+
+    /// Sets the change at `path` (`/`-separated, relative to the root; `""` is the root,
+    /// which takes only `Edit::Dir`). A later change of the same path replaces it.
+    pub fn set(&mut self, path: &str, edit: Edit) -> Result<()> {
+        let mut node = &mut self.root;
+        let mut depth = 0;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            node = node.children.entry(Name::try_from(comp)?).or_default();
+            depth += 1;
+        }
+        if depth == 0 && !matches!(edit, Edit::Dir { .. }) {
+            return Err(Error::InvalidArgument(
+                "the root can only take a directory edit".into(),
+            ));
+        }
+        if node.edit.replace(edit).is_none() {
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    /// Number of edited paths.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when nothing is edited.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// An edit list over a base tree, as a source of changes; `moves` is the record of a
+/// workspace that lands on the new snapshot with it.
+pub(crate) struct EditSource<'a> {
+    pub shared: &'a Shared,
+    pub base: TreeRef,
+    pub edits: &'a Edits,
+    pub moves: Option<WorkspaceRecord>,
+}
+
+impl ChangeSource for EditSource<'_> {
+    fn stage(&mut self, landed: &Landed, batch: &mut Batch) {
+        if let (Some(rec), Some(s)) = (&self.moves, &landed.snapshot) {
+            let rec = WorkspaceRecord {
+                base: Some(s.id),
+                base_root: s.root,
+                head: None,
+                ..rec.clone()
+            };
+            batch.put(Cf::Workspaces, rec.id.key(), snapshot::encode_record(&rec));
+        }
+    }
+
+    fn build(&mut self, w: &mut ObjectWriter<'_>) -> Result<Built> {
+        if self.edits.is_empty() {
+            return Ok(Built {
+                tree: self.base,
+                changed_paths: 0,
+            });
+        }
+        let mut changed = 0;
+        let root = &self.edits.root;
+        let (base, attrs) = match &root.edit {
+            Some(Edit::Dir { attrs, opaque }) => {
+                changed += 1;
+                ((!opaque).then_some(self.base.node), attrs.clone())
+            }
+            _ => (
+                Some(self.base.node),
+                self.shared.node(&self.base.node)?.attrs.clone(),
+            ),
+        };
+        let tree = apply_dir(self.shared, w, base, attrs, root, "", &mut changed)?;
+        Ok(Built {
+            tree,
+            changed_paths: changed,
+        })
+    }
+}
+
+/// Re-encodes one directory: its base entries (unless opaque) with the edits below it.
+fn apply_dir(
+    shared: &Shared,
+    w: &mut ObjectWriter<'_>,
+    base: Option<Hash>,
+    attrs: Attrs,
+    node: &Node,
+    path: &str,
+    changed: &mut u64,
+) -> Result<TreeRef> {
+    let mut entries: BTreeMap<Name, EntryKind> = match base {
+        Some(h) => shared.node(&h)?.entries.iter().cloned().collect(),
+        None => BTreeMap::new(),
+    };
+    for (name, child) in &node.children {
+        let child_path = format!("{path}/{name}");
+        let leaf = |what: &str| -> Result<()> {
+            if child.children.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "{child_path}: edits below a {what}"
+                )))
+            }
+        };
+        match &child.edit {
+            Some(Edit::Delete) => {
+                leaf("deleted path")?;
+                if entries.remove(name).is_some() {
+                    *changed += 1;
+                }
+            }
+            Some(Edit::Entry(kind)) => {
+                leaf("stored entry")?;
+                entries.insert(name.clone(), kind.clone());
+                *changed += 1;
+            }
+            Some(Edit::File { attrs, source }) => {
+                leaf("file")?;
+                let f = std::fs::File::open(source)
+                    .map_err(|e| Error::io(format!("open {}", source.display()), e))?;
+                let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
+                entries.insert(
+                    name.clone(),
+                    EntryKind::File {
+                        attrs: attrs.clone(),
+                        content,
+                    },
+                );
+                *changed += 1;
+            }
+            Some(Edit::Dir { attrs, opaque }) => {
+                let sub = match entries.get(name) {
+                    Some(EntryKind::Dir { node, .. }) if !opaque => Some(*node),
+                    _ => None,
+                };
+                let t = apply_dir(shared, w, sub, attrs.clone(), child, &child_path, changed)?;
+                entries.insert(name.clone(), dir_entry(t));
+                *changed += 1;
+            }
+            None => {
+                let sub = match entries.get(name) {
+                    Some(EntryKind::Dir { node, .. }) => *node,
+                    _ => {
+                        return Err(Error::NotADirectory(format!(
+                            "{child_path}: edits below it, but the base has no directory there"
+                        )));
+                    }
+                };
+                let sub_attrs = shared.node(&sub)?.attrs.clone();
+                let t = apply_dir(shared, w, Some(sub), sub_attrs, child, &child_path, changed)?;
+                entries.insert(name.clone(), dir_entry(t));
+            }
+        }
+    }
+    let refs: Vec<(&Name, EntryRef<'_>)> = entries.iter().map(|(n, k)| (n, k.as_ref())).collect();
+    tree::encode_dir(&attrs, &refs).store(w)
+}
+
+fn dir_entry(t: TreeRef) -> EntryKind {
+    EntryKind::Dir {
+        node: t.node,
+        fp: t.fp,
+        bytes: t.bytes,
+    }
+}
