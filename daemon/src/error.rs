@@ -87,6 +87,7 @@ impl From<helios_fs::Error> for ApiError {
     fn from(e: helios_fs::Error) -> ApiError {
         match e {
             helios_fs::Error::Core(c) => c.into(),
+            helios_fs::Error::Unsupported(m) => ApiError::bad_request(m),
             other => {
                 tracing::error!(error = %other, "engine failed");
                 ApiError {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use helios_fs::{Mount, MountOptions};
+use helios_fs::{Engine, EngineChoice, MountOptions, MountedWorkspace};
 use helios_snapshot::{Repo, Snapshot, SnapshotId, Workspace, WorkspaceId, WorkspaceRecord};
 use parking_lot::Mutex;
 
@@ -14,14 +14,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::wire::WorkspaceOut;
 
-/// Why the fuse engine serves every workspace in this build.
-const FUSE_REASON_AUTO: &str =
-    "auto: the overlay engine is not built yet; fuse serves every workspace";
-const FUSE_REASON_ASKED: &str = "requested";
-
-/// A mounted workspace.
+/// A mounted workspace, whatever engine serves it.
 pub struct Mounted {
-    mount: Mount,
+    mount: Box<dyn MountedWorkspace>,
     mountpoint: PathBuf,
 }
 
@@ -37,8 +32,17 @@ pub struct Daemon {
     creating: Mutex<()>,
 }
 
-fn props(mountpoint: &Path, engine_reason: &str) -> serde_json::Value {
-    serde_json::json!({"mountpoint": mountpoint, "engine": "fuse", "engine_reason": engine_reason})
+fn props(mountpoint: &Path, engine: Engine, engine_reason: &str) -> serde_json::Value {
+    serde_json::json!({"mountpoint": mountpoint, "engine": engine.name(), "engine_reason": engine_reason})
+}
+
+/// The engine a persisted workspace was created with (fuse for records older than the
+/// field).
+fn engine_of(rec: &WorkspaceRecord) -> Engine {
+    match rec.props.get("engine").and_then(|e| e.as_str()) {
+        Some("overlay") => Engine::Overlay,
+        _ => Engine::Fuse,
+    }
 }
 
 fn mountpoint_of(rec: &WorkspaceRecord) -> Option<PathBuf> {
@@ -81,10 +85,11 @@ impl Daemon {
         let rec = self.repo.workspace_record(id)?;
         let mounted = self.mounts.lock().get(&id).cloned();
         let (dirty, base, passthrough) = match &mounted {
-            Some(m) => {
-                let ws = m.mount.workspace();
-                (ws.dirty(), ws.base(), m.mount.passthrough())
-            }
+            Some(m) => (
+                m.mount.dirty(),
+                m.mount.base(),
+                m.mount.capabilities().passthrough,
+            ),
             None => (rec.head.is_some(), rec.base, false),
         };
         Ok(WorkspaceOut {
@@ -92,12 +97,12 @@ impl Daemon {
             mountpoint: mountpoint_of(&rec)
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            engine: "fuse".into(),
+            engine: engine_of(&rec).name().into(),
             engine_reason: rec
                 .props
                 .get("engine_reason")
                 .and_then(|r| r.as_str())
-                .unwrap_or(FUSE_REASON_AUTO)
+                .unwrap_or_default()
                 .to_string(),
             base: base.map(|b| b.to_string()),
             dirty,
@@ -147,30 +152,18 @@ impl Daemon {
         &self,
         mountpoint: &str,
         from: Option<SnapshotId>,
-        engine: Option<&str>,
+        engine: EngineChoice,
     ) -> ApiResult<WorkspaceOut> {
-        let reason = match engine.unwrap_or("auto") {
-            "auto" => FUSE_REASON_AUTO,
-            "fuse" => FUSE_REASON_ASKED,
-            "overlay" => {
-                return Err(ApiError::bad_request(
-                    "the overlay engine is not available in this build; use fuse or auto",
-                ));
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown engine {other:?}: fuse, overlay or auto"
-                )));
-            }
-        };
+        let (engine, reason) =
+            helios_fs::resolve(engine).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let _one_at_a_time = self.creating.lock();
         let path = self.check_mountpoint(mountpoint)?;
         let start = Instant::now();
         let ws = self
             .repo
-            .create_workspace(from, false, props(&path, reason))?;
+            .create_workspace(from, false, props(&path, engine, &reason))?;
         let id = ws.id();
-        match self.mount(ws, &path) {
+        match self.mount(engine, ws, &path) {
             Ok(()) => {}
             Err(e) => {
                 let _ = self.repo.delete_workspace(id);
@@ -181,9 +174,9 @@ impl Daemon {
         self.out(id)
     }
 
-    fn mount(&self, ws: Arc<Workspace>, path: &Path) -> ApiResult<()> {
+    fn mount(&self, engine: Engine, ws: Arc<Workspace>, path: &Path) -> ApiResult<()> {
         let id = ws.id();
-        let mount = Mount::fuse(ws, path, &self.mount_opts)?;
+        let mount = helios_fs::mount(engine, ws, path, &self.mount_opts)?;
         self.mounts.lock().insert(
             id,
             Arc::new(Mounted {
@@ -283,7 +276,7 @@ impl Daemon {
                 .repo
                 .open_workspace(rec.id)
                 .map_err(ApiError::from)
-                .and_then(|ws| self.mount(ws, &path));
+                .and_then(|ws| self.mount(engine_of(&rec), ws, &path));
             match result {
                 Ok(()) => n += 1,
                 Err(e) => {
@@ -298,7 +291,7 @@ impl Daemon {
     pub fn shutdown(&self) {
         let mounts: Vec<(WorkspaceId, Arc<Mounted>)> = self.mounts.lock().drain().collect();
         for (id, m) in mounts {
-            if let Err(e) = m.mount.workspace().save() {
+            if let Err(e) = m.mount.save() {
                 tracing::error!(workspace = %id, error = %e, "could not save uncommitted changes");
             }
             match Arc::try_unwrap(m) {

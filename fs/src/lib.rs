@@ -2,11 +2,13 @@
 //! multi-threaded, kernel caching with explicit invalidation, FUSE passthrough where the
 //! kernel allows it). No async runtime, no wire types.
 
+mod engine;
 mod errno;
 mod fuse;
 mod mount;
 
-pub use mount::{Engine, Mount, MountOptions};
+pub use engine::{Capabilities, Engine, EngineChoice, MountedWorkspace, mount, resolve};
+pub use mount::{JOURNAL_INTERVAL, Mount, MountOptions};
 
 /// Errors of the engines.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,9 @@ pub enum Error {
     /// The workspace core refused or failed.
     #[error(transparent)]
     Core(#[from] helios_snapshot::Error),
+    /// The engine asked for cannot serve here, or is unknown.
+    #[error("{0}")]
+    Unsupported(String),
     /// Mounting or unmounting failed.
     #[error("{context}: {source}")]
     Mount {

@@ -14,22 +14,6 @@ use parking_lot::Mutex;
 use crate::fuse::{HeliosFs, Inner};
 use crate::{Error, Result};
 
-/// Which engine serves a workspace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
-    /// Userspace FUSE (fuser).
-    Fuse,
-}
-
-impl Engine {
-    /// The engine's name in the API.
-    pub fn name(self) -> &'static str {
-        match self {
-            Engine::Fuse => "fuse",
-        }
-    }
-}
-
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use helios_snapshot::{SnapshotId, WorkspaceId};
 
 use super::{ApiJson, AppState, blocking, parse_id};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::wire::{CheckoutIn, CreateWorkspaceIn, SnapshotIn, SnapshotOut, WorkspaceOut};
 
 /// `POST /v1/workspaces`.
@@ -16,7 +16,13 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<WorkspaceOut>)> {
     let from: Option<SnapshotId> = body.from.as_deref().map(parse_id).transpose()?;
     let d = app.daemon.clone();
-    let out = blocking(move || d.create(&body.mountpoint, from, body.engine.as_deref())).await?;
+    let engine: helios_fs::EngineChoice = match body.engine.as_deref() {
+        None => Default::default(),
+        Some(e) => e
+            .parse()
+            .map_err(|e: helios_fs::Error| ApiError::bad_request(e.to_string()))?,
+    };
+    let out = blocking(move || d.create(&body.mountpoint, from, engine)).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
