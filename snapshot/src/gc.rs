@@ -161,6 +161,7 @@ impl Repo {
         let store = self.store();
         let mut report = FsckReport::default();
         let (mut objects, mut bytes) = (0u64, 0u64);
+        let mut memo = Memo::default();
         self.backend().scan(Cf::Objects, &[], &mut |k, v| {
             objects += 1;
             bytes += v.len() as u64;
@@ -168,6 +169,7 @@ impl Repo {
                 Ok(h) => {
                     if let Err(e) = crate::store::codec::decode(&h, v) {
                         report.errors.push(e.to_string());
+                        memo.bad.insert(h);
                     }
                 }
                 Err(_) => report
@@ -185,7 +187,7 @@ impl Repo {
             }
         };
         let ids: HashSet<_> = snaps.iter().map(|s| s.id).collect();
-        let mut seen = HashSet::new();
+        let mut damaged_snaps = HashSet::new();
         for s in &snaps {
             report.snapshots_checked += 1;
             if let Some(p) = s.parent
@@ -195,13 +197,15 @@ impl Repo {
                     .errors
                     .push(format!("snapshot {} has missing parent {p}", s.id));
             }
-            self.check_tree(
+            if self.check_tree(
                 store,
                 s.tree,
-                &mut seen,
+                &mut memo,
                 &format!("snapshot {}", s.id),
                 &mut report,
-            );
+            ) {
+                damaged_snaps.insert(s.id);
+            }
             match DirNode::load(store, &s.tree) {
                 Ok(n) if n.encode().tref.fp != s.root => {
                     report
@@ -222,11 +226,20 @@ impl Repo {
                             .errors
                             .push(format!("workspace {} stands on missing snapshot {b}", w.id));
                     }
+                    if let Some(b) = w.base
+                        && damaged_snaps.contains(&b)
+                        && w.head.is_none()
+                    {
+                        report.errors.push(format!(
+                            "workspace {} stands on snapshot {b}, which reaches damaged objects",
+                            w.id
+                        ));
+                    }
                     if let Some(h) = w.head {
                         self.check_tree(
                             store,
                             h.node,
-                            &mut seen,
+                            &mut memo,
                             &format!("workspace {}", w.id),
                             &mut report,
                         );
@@ -236,7 +249,7 @@ impl Repo {
                             let (dirs, files) = journal::refs(&records);
                             let owner = format!("workspace {} (journal)", w.id);
                             for d in dirs {
-                                self.check_tree(store, d, &mut seen, &owner, &mut report);
+                                self.check_tree(store, d, &mut memo, &owner, &mut report);
                             }
                             for c in files {
                                 if !matches!(store.contains(&c.hash), Ok(true)) {
@@ -259,60 +272,139 @@ impl Repo {
         Ok(report)
     }
 
+    /// Checks the tree at `root` for `owner`; true when it reaches a damaged object. Each
+    /// subtree is read once per fsck; a later owner reaching a damaged one is named too.
     fn check_tree(
         &self,
         store: &Store,
         root: Hash,
-        seen: &mut HashSet<Hash>,
+        memo: &mut Memo,
         owner: &str,
         report: &mut FsckReport,
-    ) {
-        let mut stack = vec![root];
-        while let Some(h) = stack.pop() {
-            if !seen.insert(h) {
-                continue;
+    ) -> bool {
+        !self
+            .check_dir(store, root, "", memo, owner, report)
+            .is_empty()
+    }
+
+    fn check_dir(
+        &self,
+        store: &Store,
+        h: Hash,
+        path: &str,
+        memo: &mut Memo,
+        owner: &str,
+        report: &mut FsckReport,
+    ) -> Vec<Hash> {
+        let shown = if path.is_empty() { "/" } else { path };
+        if let Some(d) = memo.seen.get(&h) {
+            for x in d {
+                report
+                    .errors
+                    .push(format!("{owner}: {shown}: reaches damaged object {x}"));
             }
-            let node = match DirNode::load(store, &h) {
-                Ok(n) => n,
-                Err(e) => {
-                    report.errors.push(format!("{owner}: {e}"));
-                    continue;
+            return d.clone();
+        }
+        let node = match DirNode::load(store, &h) {
+            Ok(n) => n,
+            Err(e) => {
+                report.errors.push(format!("{owner}: {shown}: {e}"));
+                memo.seen.insert(h, vec![h]);
+                return vec![h];
+            }
+        };
+        let mut damaged = Vec::new();
+        for (name, kind) in &node.entries {
+            let p = format!("{path}/{name}");
+            let sub = match kind {
+                EntryKind::Dir { node, .. } => {
+                    self.check_dir(store, *node, &p, memo, owner, report)
                 }
+                EntryKind::File { content, .. } => {
+                    self.check_file(store, content, &p, memo, owner, report)
+                }
+                _ => Vec::new(),
             };
-            for (name, kind) in &node.entries {
-                match kind {
-                    EntryKind::Dir { node, .. } => stack.push(*node),
-                    EntryKind::File { content, .. } => {
-                        if !seen.insert(content.hash) {
-                            continue;
-                        }
-                        let chunks = match tree::chunks_of(store, content) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                report.errors.push(format!("{owner}: file {name}: {e}"));
-                                continue;
-                            }
-                        };
-                        let total: u64 = chunks.iter().map(|(_, l)| *l as u64).sum();
-                        if total != content.size {
-                            report.errors.push(format!(
-                                "{owner}: file {name}: chunks hold {total} bytes, entry says {}",
-                                content.size
-                            ));
-                        }
-                        for (c, _) in chunks {
-                            match store.contains(&c) {
-                                Ok(true) => {}
-                                Ok(false) => report
-                                    .errors
-                                    .push(format!("{owner}: file {name}: chunk {c} is missing")),
-                                Err(e) => report.errors.push(format!("{owner}: {e}")),
-                            }
-                        }
-                    }
-                    _ => {}
+            for x in sub {
+                if damaged.len() < 8 && !damaged.contains(&x) {
+                    damaged.push(x);
                 }
             }
         }
+        memo.seen.insert(h, damaged.clone());
+        damaged
     }
+
+    fn check_file(
+        &self,
+        store: &Store,
+        content: &Content,
+        path: &str,
+        memo: &mut Memo,
+        owner: &str,
+        report: &mut FsckReport,
+    ) -> Vec<Hash> {
+        if let Some(d) = memo.seen.get(&content.hash) {
+            for x in d {
+                report
+                    .errors
+                    .push(format!("{owner}: file {path}: reaches damaged object {x}"));
+            }
+            return d.clone();
+        }
+        let mut damaged = Vec::new();
+        if memo.bad.contains(&content.hash) {
+            report.errors.push(format!(
+                "{owner}: file {path}: object {} is corrupt",
+                content.hash
+            ));
+            damaged.push(content.hash);
+        } else {
+            match tree::chunks_of(store, content) {
+                Err(e) => {
+                    report.errors.push(format!("{owner}: file {path}: {e}"));
+                    damaged.push(content.hash);
+                }
+                Ok(chunks) => {
+                    let total: u64 = chunks.iter().map(|(_, l)| *l as u64).sum();
+                    if total != content.size {
+                        report.errors.push(format!(
+                            "{owner}: file {path}: chunks hold {total} bytes, entry says {}",
+                            content.size
+                        ));
+                        damaged.push(content.hash);
+                    }
+                    for (c, _) in chunks {
+                        let problem = if memo.bad.contains(&c) {
+                            Some("is corrupt".to_string())
+                        } else {
+                            match store.contains(&c) {
+                                Ok(true) => None,
+                                Ok(false) => Some("is missing".to_string()),
+                                Err(e) => Some(e.to_string()),
+                            }
+                        };
+                        if let Some(p) = problem {
+                            report
+                                .errors
+                                .push(format!("{owner}: file {path}: chunk {c} {p}"));
+                            if damaged.len() < 8 {
+                                damaged.push(c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        memo.seen.insert(content.hash, damaged.clone());
+        damaged
+    }
+}
+
+/// What fsck learned so far: objects whose bytes do not match their hash, and the
+/// damaged objects below every directory or content already checked.
+#[derive(Default)]
+struct Memo {
+    bad: HashSet<Hash>,
+    seen: std::collections::HashMap<Hash, Vec<Hash>>,
 }

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     /// stats (and every metrics scrape) cost O(1), not a scan of every record.
     snapshot_count: AtomicU64,
     logical_bytes: AtomicU64,
+    /// Materialized files checked (or built) by this process.
+    verified: Mutex<HashSet<Hash>>,
 }
 
 #[derive(Clone)]
@@ -108,13 +110,31 @@ impl Shared {
     }
 
     /// A read-only real file with `content`'s bytes, built once per content hash and
-    /// shared by every workspace (the materialized-file cache).
+    /// shared by every workspace (the materialized-file cache). A file found in the cache
+    /// is checked against its hash the first time this process hands it out (it may have
+    /// been damaged on disk since it was built): a damaged one is rebuilt from the store,
+    /// whose every read is verified, so an engine never serves wrong bytes.
     pub(crate) fn materialize(&self, content: &Content) -> Result<PathBuf> {
         let path = self.cache_path(&content.hash);
         if let Ok(meta) = std::fs::metadata(&path)
             && meta.len() == content.size
         {
-            return Ok(path);
+            if self.verified.lock().contains(&content.hash) {
+                return Ok(path);
+            }
+            let found = std::fs::File::open(&path)
+                .map_err(|e| Error::io(format!("open {}", path.display()), e))
+                .and_then(|f| tree::hash_file(std::io::BufReader::with_capacity(256 << 10, f)));
+            match found {
+                Ok(c) if c == *content => {
+                    self.verified.lock().insert(content.hash);
+                    return Ok(path);
+                }
+                other => {
+                    tracing::error!(path = %path.display(), found = ?other.map(|c| c.hash), "a materialized file does not match its content; rebuilding it from the store");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
         let dir = path.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(dir)
@@ -144,6 +164,8 @@ impl Shared {
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
+        } else {
+            self.verified.lock().insert(content.hash);
         }
         result.map(|()| path)
     }
@@ -240,6 +262,7 @@ impl Repo {
             next_workspace: AtomicU64::new(next_workspace),
             snapshot_count: AtomicU64::new(count),
             logical_bytes: AtomicU64::new(logical),
+            verified: Mutex::new(HashSet::new()),
         });
         Ok(Repo {
             shared,

@@ -889,6 +889,18 @@ pub fn count_changes(store: &Store, old: &Hash, new: &Encoded) -> Result<u64> {
 /// Stores a file's bytes from `reader`: one chunk when small, FastCDC chunks and a chunk
 /// list when large. Memory stays bounded by the chunk size for any file length.
 pub fn store_file(w: &mut ObjectWriter<'_>, reader: impl Read) -> Result<Content> {
+    content_of(reader, |bytes| w.put(bytes))
+}
+
+/// The content a reader's bytes would be stored as, storing nothing: what verifies a
+/// real file against a content hash.
+pub fn hash_file(reader: impl Read) -> Result<Content> {
+    content_of(reader, |bytes| Ok(Hash::of(bytes)))
+}
+
+/// Cuts `reader` into the objects of a content (one chunk, or chunks and a chunk list),
+/// handing each to `put`, which names it.
+fn content_of(reader: impl Read, mut put: impl FnMut(&[u8]) -> Result<Hash>) -> Result<Content> {
     let mut head = Vec::with_capacity(16 << 10);
     let mut limited = reader.take(CHUNK_THRESHOLD as u64 + 1);
     limited
@@ -896,7 +908,7 @@ pub fn store_file(w: &mut ObjectWriter<'_>, reader: impl Read) -> Result<Content
         .map_err(|e| Error::io("read file data", e))?;
     let reader = limited.into_inner();
     if head.len() <= CHUNK_THRESHOLD {
-        let hash = w.put(&head)?;
+        let hash = put(&head)?;
         return Ok(Content {
             hash,
             chunked: false,
@@ -910,12 +922,12 @@ pub fn store_file(w: &mut ObjectWriter<'_>, reader: impl Read) -> Result<Content
     let mut size = 0u64;
     for chunk in cdc {
         let chunk = chunk.map_err(|e| Error::io("read file data", std::io::Error::other(e)))?;
-        let hash = w.put(&chunk.data)?;
+        let hash = put(&chunk.data)?;
         list.extend_from_slice(hash.as_bytes());
         list.extend_from_slice(&(chunk.length as u32).to_be_bytes());
         size += chunk.length as u64;
     }
-    let hash = w.put(&list)?;
+    let hash = put(&list)?;
     Ok(Content {
         hash,
         chunked: true,
