@@ -10,6 +10,9 @@ use rocksdb::{
 use super::backend::{Backend, Batch, Cf, Durability, Op, ScanFn};
 use crate::error::{Error, Result};
 
+/// The largest write-ahead log before the memtables it covers are flushed.
+const WAL_CAP: u64 = 4 << 20;
+
 /// RocksDB behind the `Backend` trait. RocksDB's own LOCK file keeps a second process
 /// from opening the same directory.
 pub struct RocksBackend {
@@ -43,6 +46,12 @@ impl RocksBackend {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // RocksDB preallocates each write-ahead log for a full memtable (~71 MiB with the
+        // defaults), which a fresh state dir would pay at once (in RAM on tmpfs). Capping
+        // the log caps the preallocation; a log past the cap flushes the oldest memtables.
+        opts.set_max_total_wal_size(WAL_CAP);
+        // The manifest is preallocated too (4 MiB by default); it holds a few KiB.
+        opts.set_manifest_preallocation_size(64 << 10);
         let cache = Cache::new_lru_cache(64 << 20);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
