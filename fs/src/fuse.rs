@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) passthrough: AtomicBool,
     want_passthrough: bool,
     state_dir: std::path::PathBuf,
+    /// Tells the kernel about changes it did not ask for (set once the session exists).
+    pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 impl Inner {
@@ -87,6 +89,7 @@ impl Inner {
             passthrough: AtomicBool::new(false),
             want_passthrough,
             state_dir,
+            notifier: std::sync::OnceLock::new(),
         }
     }
 
@@ -148,6 +151,7 @@ impl Inner {
         ino: Ino,
         flags: OpenFlags,
         opener: u32,
+        (uid, gid): (u32, u32),
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Result<(u64, Option<Arc<BackingId>>, FopenFlags), Errno> {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
@@ -156,12 +160,46 @@ impl Inner {
             .ws
             .backing_file(ino, write, truncate)
             .map_err(|e| errno("open", &e))?;
+        if truncate && uid != 0 {
+            self.kill_setid(ino, gid).map_err(|e| errno("open", &e))?;
+        }
         if write {
             // Passthrough writes are invisible here; count the file as changed now.
             self.ws.note_write(ino).map_err(|e| errno("open", &e))?;
         }
         self.ws.open(ino).map_err(|e| errno("open", &e))?;
-        self.register(ino, file, write, opener, register)
+        // A writer of a set-id file is served here, not passed through: its writes must
+        // reach us to clear the bits (the kernel flags unprivileged writes).
+        let setid = write && self.ws.getattr(ino).is_ok_and(|s| s.mode & 0o6000 != 0);
+        self.register(ino, file, write, opener, !setid, register)
+    }
+
+    /// Clears a file's set-id bits as an unprivileged write or truncate by a process of
+    /// group `gid` does on ext4: S_ISUID, and S_ISGID where the group may execute or the
+    /// writer is not of the file's group (supplementary groups are not known here).
+    pub(crate) fn kill_setid(&self, ino: Ino, gid: u32) -> helios_snapshot::Result<()> {
+        let s = self.ws.getattr(ino)?;
+        let kill_sgid = gid != s.gid;
+        if helios_snapshot::SetAttr::would_kill(s.mode, kill_sgid) {
+            self.ws.setattr(
+                ino,
+                SetAttr {
+                    kill_setid: true,
+                    kill_sgid,
+                    ..Default::default()
+                },
+            )?;
+        }
+        // The reply of a write or an open carries no attributes, and the kernel drops
+        // both bits from its cached mode on such a write, although S_ISGID without group
+        // execution stays: it must ask again. Offset -1: attributes only, not the page
+        // cache (safe inside a request).
+        if s.mode & 0o6000 != 0
+            && let Some(n) = self.notifier.get()
+        {
+            let _ = n.inval_inode(INodeNo(ino.0), -1, 0);
+        }
+        Ok(())
     }
 
     /// Registers an open file (already counted open) as a handle, with a passthrough
@@ -172,6 +210,7 @@ impl Inner {
         file: Arc<File>,
         write: bool,
         opener: u32,
+        passthrough: bool,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Result<(u64, Option<Arc<BackingId>>, FopenFlags), Errno> {
         // A read-only handle has nothing to flush at close: spare the round trip.
@@ -181,7 +220,10 @@ impl Inner {
             FopenFlags::FOPEN_NOFLUSH
         };
         let mut backing = None;
-        if self.passthrough.load(Ordering::Relaxed) {
+        if !passthrough {
+            // Served here; bypass the page cache so it stays coherent with passthrough.
+            fopen |= FopenFlags::FOPEN_DIRECT_IO;
+        } else if self.passthrough.load(Ordering::Relaxed) {
             let mut backings = self.backings.lock();
             match backings
                 .get(&ino)
@@ -416,7 +458,7 @@ impl Filesystem for HeliosFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -432,6 +474,16 @@ impl Filesystem for HeliosFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // With HANDLE_KILLPRIV_V2 the filesystem clears set-id bits (the kernel's flag for
+        // it does not reach us through fuser): on a chown, and on a truncate by a process
+        // without CAP_FSETID (taken as: not root), as ext4 does.
+        if size.is_some()
+            && req.uid() != 0
+            && let Err(e) = self.0.kill_setid(ino(i), req.gid())
+        {
+            return reply.error(errno("setattr", &e));
+        }
+        let kill_setid = uid.is_some() || gid.is_some();
         let set = SetAttr {
             mode,
             uid,
@@ -439,6 +491,8 @@ impl Filesystem for HeliosFs {
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            kill_setid,
+            kill_sgid: false,
         };
         match self.0.ws.setattr(ino(i), set) {
             Ok(s) => reply.attr(&TTL, &attr(&s)),
@@ -596,8 +650,9 @@ impl Filesystem for HeliosFs {
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self
             .0
-            .open_file(ino(i), flags, req.pid(), |f| reply.open_backing(f.as_fd()))
-        {
+            .open_file(ino(i), flags, req.pid(), (req.uid(), req.gid()), |f| {
+                reply.open_backing(f.as_fd())
+            }) {
             Ok((fh, Some(backing), fopen)) => {
                 reply.opened_passthrough(FileHandle(fh), fopen, &backing)
             }
@@ -639,7 +694,7 @@ impl Filesystem for HeliosFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -662,17 +717,11 @@ impl Filesystem for HeliosFs {
         if let Err(e) = file.write_all_at(data, offset) {
             return reply.error(io_errno("write", &e));
         }
+        // The kernel asks for it when an unprivileged process writes (HANDLE_KILLPRIV_V2).
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && let Ok(s) = self.0.ws.getattr(ino(i))
-            && s.mode & 0o6000 != 0
+            && let Err(e) = self.0.kill_setid(ino(i), req.gid())
         {
-            let _ = self.0.ws.setattr(
-                ino(i),
-                SetAttr {
-                    mode: Some(s.mode & !0o6000),
-                    ..Default::default()
-                },
-            );
+            return reply.error(errno("write", &e));
         }
         match self.0.ws.wrote(ino(i), offset + data.len() as u64) {
             Ok(()) => reply.written(data.len() as u32),
@@ -985,9 +1034,12 @@ impl Filesystem for HeliosFs {
                 Err(e) => return reply.error(errno("create", &e)),
             };
         // The new file is empty, counted as changed and as open: register it as it is.
-        match self.0.register(st.ino, file, true, req.pid(), |f| {
-            reply.open_backing(f.as_fd())
-        }) {
+        let passthrough = st.mode & 0o6000 == 0;
+        match self
+            .0
+            .register(st.ino, file, true, req.pid(), passthrough, |f| {
+                reply.open_backing(f.as_fd())
+            }) {
             Ok((fh, Some(backing), fopen)) => {
                 reply.created_passthrough(&TTL, &attr(&st), GEN, FileHandle(fh), fopen, &backing)
             }

@@ -91,6 +91,7 @@ impl Mount {
                 }
             })?;
         let notifier = session.notifier();
+        let _ = inner.notifier.set(session.notifier());
         let bg = session.spawn().map_err(|e| Error::Mount {
             context: "start FUSE session".into(),
             source: e,

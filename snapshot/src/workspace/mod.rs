@@ -57,6 +57,7 @@ mod types;
 use commit::Prehashed;
 use durable::UNKNOWN_RECORD;
 use own::{file_ctime, file_mtime, read_content, set_file_mtime};
+pub(crate) use types::killed_setid;
 pub(crate) use types::now;
 pub use types::{
     DirEntry, Invalidation, Kind, RenameMode, SetAttr, SetTime, Stat, WorkspaceRecord,

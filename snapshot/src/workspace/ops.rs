@@ -112,6 +112,8 @@ impl Workspace {
         let i = st.inode_mut(ino)?;
         if let Some(mode) = set.mode {
             i.attrs.mode = mode & 0o7777;
+        } else if set.kill_setid && !matches!(i.node, Node::Dir { .. }) {
+            i.attrs.mode = killed_setid(i.attrs.mode, set.kill_sgid);
         }
         if let Some(uid) = set.uid {
             i.attrs.uid = uid;

@@ -90,6 +90,29 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
+    /// Clear the set-user-ID bit, and the set-group-ID bit where group execution is on,
+    /// as a write, truncate or chown does (not for directories; an explicit `mode` wins).
+    pub kill_setid: bool,
+    /// With `kill_setid`: clear the set-group-ID bit without group execution too (the
+    /// caller is not in the file's group).
+    pub kill_sgid: bool,
+}
+
+impl SetAttr {
+    /// True when `kill_setid` (with `kill_sgid` as given) would change `mode`.
+    pub fn would_kill(mode: u32, kill_sgid: bool) -> bool {
+        killed_setid(mode, kill_sgid) != mode
+    }
+}
+
+/// `mode` without the set-id bits a write or chown removes: S_ISUID, and S_ISGID when
+/// the group may execute (without it, S_ISGID means mandatory locking and stays).
+pub(crate) fn killed_setid(mode: u32, kill_sgid: bool) -> u32 {
+    let mut m = mode & !0o4000;
+    if kill_sgid || m & 0o010 != 0 {
+        m &= !0o2000;
+    }
+    m
 }
 
 /// How `rename` treats an existing target.
