@@ -411,12 +411,15 @@ impl Repo {
         Ok(removed)
     }
 
-    /// Commits `edits` over snapshot `parent` (the empty tree for `None`) as its new child:
-    /// the commit path of an engine that learns its changes by path. Only directories on
+    /// Commits `edits`, applied over the tree of snapshot `over` (the empty tree for
+    /// `None`), as a new child of `parent`: the commit path of an engine that learns its
+    /// changes by path (an overlay upperdir holds every change since its lower layer,
+    /// `over`, which need not be the workspace's last snapshot). Only directories on
     /// edited paths are loaded. With `workspace`, that workspace (which must stand on
     /// `parent`) moves onto the new snapshot in the same batch.
     pub fn commit_edits(
         &self,
+        over: Option<SnapshotId>,
         parent: Option<SnapshotId>,
         edits: &Edits,
         label: Option<String>,
@@ -425,7 +428,10 @@ impl Repo {
     ) -> Result<Snapshot> {
         let start = std::time::Instant::now();
         let _gc = self.shared.gc_lock.read();
-        let base = match parent {
+        if let Some(p) = parent {
+            self.snapshot(p)?;
+        }
+        let base = match over {
             Some(id) => {
                 let s = self.snapshot(id)?;
                 TreeRef {

@@ -262,7 +262,7 @@ fn check(t0: T, t1: T) {
     let mut e = Edits::new();
     edits_of(&t0, &t1, "", false, &data, &mut e);
     let by_edits = repo
-        .commit_edits(Some(s0.id), &e, None, Default::default(), None)
+        .commit_edits(Some(s0.id), Some(s0.id), &e, None, Default::default(), None)
         .expect("commit edits");
     assert_eq!(by_edits.parent, Some(s0.id));
 
@@ -322,6 +322,7 @@ fn edits_load_only_directories_on_edited_paths_and_move_a_workspace() {
     let s1 = repo
         .commit_edits(
             Some(s0.id),
+            Some(s0.id),
             &e,
             Some("edits".into()),
             Default::default(),
@@ -342,13 +343,27 @@ fn edits_load_only_directories_on_edited_paths_and_move_a_workspace() {
     let mut bad = Edits::new();
     bad.set("d1/f1/x", Edit::Delete).expect("edit");
     assert!(
-        repo.commit_edits(Some(s1.id), &bad, None, Default::default(), None)
-            .is_err()
+        repo.commit_edits(
+            Some(s1.id),
+            Some(s1.id),
+            &bad,
+            None,
+            Default::default(),
+            None
+        )
+        .is_err()
     );
     assert_eq!(repo.stats().expect("stats").snapshots, after.snapshots);
     // A workspace that stands elsewhere does not move.
     assert!(
-        repo.commit_edits(Some(s0.id), &e, None, Default::default(), Some(ws.id()))
-            .is_err()
+        repo.commit_edits(
+            Some(s0.id),
+            Some(s0.id),
+            &e,
+            None,
+            Default::default(),
+            Some(ws.id())
+        )
+        .is_err()
     );
 }
