@@ -49,20 +49,72 @@ pub enum StartError {
     Store(#[from] helios_snapshot::Error),
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then waits for requests in
-/// flight. Mounts stay up: the caller decides what shutdown means for them.
+/// How long a client may take to send a request's headers: a connection that trickles
+/// them (slowloris) is closed, so idle sockets cannot pile up.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
+/// finish. Mounts stay up: the caller decides what shutdown means for them. Each
+/// connection is its own task, with a deadline for its headers; a malformed request
+/// costs its own connection only.
 pub async fn run(
     listener: UnixListener,
     app: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use tower_service::Service;
     let router = api::router(app);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connections as we go.
+        while conns.try_join_next().is_some() {}
+        let peer = Peer::of(&stream);
+        let router = router.clone();
+        let mut stop = stop_rx.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let mut router = router.clone();
+                    async move { router.call(req).await }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Takes an exclusive lock on the state directory for the life of the returned file.

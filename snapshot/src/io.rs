@@ -139,9 +139,16 @@ impl Repo {
                     why: "export target exists and is not a directory".into(),
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(target).map_err(io_err("create", target))?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::PathNotAllowed {
+                        path: target.to_path_buf(),
+                        why: "its parent directory does not exist".into(),
+                    });
+                }
+                Err(e) => return Err(Error::io(format!("create {}", target.display()), e)),
+            },
             Err(e) => return Err(Error::io(format!("stat {}", target.display()), e)),
         }
         let node = DirNode::load(self.store(), &snap.tree)?;

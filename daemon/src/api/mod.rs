@@ -49,13 +49,10 @@ pub struct Peer {
     pub gid: Option<u32>,
 }
 
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// The credentials of the process at the other end of `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: Some(c.uid()),
                 gid: Some(c.gid()),
@@ -107,6 +104,50 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                     message,
                 })
             }
+        }
+    }
+}
+
+/// A query string, rejected as the API's JSON error (400) when it does not parse.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "invalid query string: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// Path parameters, rejected as the API's JSON error (400) when they do not decode.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "invalid path: {}",
+                rejection.body_text()
+            ))),
         }
     }
 }
@@ -199,4 +240,159 @@ pub fn router(app: AppState) -> Router {
 pub fn parse_id<T: std::str::FromStr<Err = helios_snapshot::Error>>(s: &str) -> ApiResult<T> {
     s.parse::<T>()
         .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Issue 8, item 8: random requests through the real router over a real (in-memory)
+    //! repo. Whatever arrives, the answer is a status below 500 and, when not a
+    //! success, the JSON error resource; nothing panics.
+
+    use super::*;
+    use helios_snapshot::store::{Backend, MemBackend};
+    use proptest::prelude::*;
+    use tower_service::Service;
+
+    fn app() -> (tempfile::TempDir, Router) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = helios_snapshot::Repo::open_with(
+            dir.path(),
+            Arc::new(MemBackend::new()) as Arc<dyn Backend>,
+            1 << 20,
+        )
+        .expect("repo");
+        let ws = repo
+            .create_workspace(None, false, Default::default())
+            .expect("workspace");
+        ws.write_file("f", b"x").expect("write");
+        ws.snapshot(None, Default::default()).expect("snapshot");
+        let daemon = Arc::new(Daemon::new(Arc::new(repo), Default::default()));
+        let app = AppState {
+            daemon,
+            access: Access {
+                uid: 0,
+                group: None,
+            },
+        };
+        (dir, router(app))
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("s1".to_string()),
+            Just("w1".to_string()),
+            Just("s999999999999".to_string()),
+            Just("..".to_string()),
+            Just("%00".to_string()),
+            "[a-zA-Z0-9%._-]{0,24}",
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let templates = prop_oneof![
+            Just("/v1/health"),
+            Just("/v1/stats"),
+            Just("/metrics"),
+            Just("/v1/gc"),
+            Just("/v1/fsck"),
+            Just("/v1/snapshots"),
+            Just("/v1/snapshots/import"),
+            Just("/v1/snapshots/{}"),
+            Just("/v1/snapshots/{}/diff/{}"),
+            Just("/v1/snapshots/{}/export"),
+            Just("/v1/snapshots/{}/merge/{}"),
+            Just("/v1/workspaces"),
+            Just("/v1/workspaces/{}"),
+            Just("/v1/workspaces/{}/snapshot"),
+            Just("/v1/workspaces/{}/checkout"),
+            Just("/{}"),
+        ];
+        (
+            templates,
+            segment(),
+            segment(),
+            "(\\?[a-z]{0,6}=[a-z0-9%]{0,8})?",
+        )
+            .prop_map(|(t, a, b, q)| {
+                format!("{}{q}", t.replacen("{}", &a, 1).replacen("{}", &b, 1))
+            })
+    }
+
+    /// JSON bodies from the API's field names with values of every type; paths and
+    /// mountpoints never name a real directory.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop_oneof![
+            Just("path"),
+            Just("mountpoint"),
+            Just("from"),
+            Just("snapshot"),
+            Just("label"),
+            Just("annotations"),
+            Just("engine"),
+            Just("discard"),
+            Just("durability"),
+            Just("quota"),
+            "[a-z]{1,8}".prop_map(|s| Box::leak(s.into_boxed_str()) as &str),
+        ];
+        let value = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            "[a-z0-9./%-]{0,20}".prop_map(|s| serde_json::json!(format!("/no/such/dir/{s}"))),
+            segment().prop_map(serde_json::Value::String),
+            Just(serde_json::json!({"visits": [1, {"x": null}]})),
+        ];
+        let object = prop::collection::vec((key, value), 0..5).prop_map(|kv| {
+            let m: serde_json::Map<String, serde_json::Value> =
+                kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            serde_json::to_vec(&m).unwrap_or_default()
+        });
+        prop_oneof![
+            3 => object,
+            1 => prop::collection::vec(any::<u8>(), 0..64),
+            1 => Just(Vec::new()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+        #[test]
+        fn any_request_gets_a_clear_answer(
+            method in prop_oneof![Just("GET"), Just("POST"), Just("PATCH"), Just("DELETE"), Just("PUT")],
+            path in path(),
+            body in body(),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let (_dir, mut router) = app();
+            let (status, bytes) = rt.block_on(async {
+                let Ok(mut req) = axum::http::Request::builder()
+                    .method(method)
+                    .uri(&path)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body.clone()))
+                else {
+                    // Not even a valid URI: the HTTP layer refuses it before routing.
+                    return (StatusCode::BAD_REQUEST, Vec::new());
+                };
+                req.extensions_mut().insert(ConnectInfo(Peer { uid: Some(0), gid: Some(0) }));
+                let resp = router.call(req).await.expect("infallible");
+                let status = resp.status();
+                let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .map(|b| b.to_bytes().to_vec())
+                    .unwrap_or_default();
+                (status, bytes)
+            });
+            prop_assert!(status.as_u16() < 500, "{method} {path} {:?}: {status} {}", String::from_utf8_lossy(&body), String::from_utf8_lossy(&bytes));
+            if !status.is_success() && !bytes.is_empty() {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| TestCaseError::fail(format!("{method} {path}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes))))?;
+                prop_assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{v}");
+            }
+        }
+    }
 }

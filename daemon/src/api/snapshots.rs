@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use helios_snapshot::{Hash, SnapshotId};
 use serde::Deserialize;
 
-use super::{ApiJson, AppState, blocking, parse_id};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, blocking, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{ChangeOut, DiffOut, ExportIn, ImportIn, PatchIn, RemovedOut, SnapshotOut};
 
@@ -59,7 +59,7 @@ pub struct ListQuery {
 /// `GET /v1/snapshots[?parent=&root=]`.
 pub async fn list(
     State(app): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<SnapshotOut>>> {
     let parent: Option<SnapshotId> = q.parent.as_deref().map(parse_id).transpose()?;
     let root: Option<Hash> = q
@@ -94,7 +94,7 @@ pub async fn list(
 /// `GET /v1/snapshots/{id}`.
 pub async fn get_one(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SnapshotOut>> {
     let id: SnapshotId = parse_id(&id)?;
     let repo = app.daemon.repo.clone();
@@ -105,7 +105,7 @@ pub async fn get_one(
 /// `PATCH /v1/snapshots/{id}`.
 pub async fn patch(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchIn>,
 ) -> ApiResult<Json<SnapshotOut>> {
     let id: SnapshotId = parse_id(&id)?;
@@ -125,8 +125,8 @@ pub struct DeleteQuery {
 /// `DELETE /v1/snapshots/{id}[?recursive=true]`.
 pub async fn delete(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<Json<RemovedOut>> {
     let id: SnapshotId = parse_id(&id)?;
     let repo = app.daemon.repo.clone();
@@ -139,7 +139,7 @@ pub async fn delete(
 /// `GET /v1/snapshots/{a}/diff/{b}`.
 pub async fn diff(
     State(app): State<AppState>,
-    Path((a, b)): Path<(String, String)>,
+    ApiPath((a, b)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<DiffOut>> {
     let (a, b): (SnapshotId, SnapshotId) = (parse_id(&a)?, parse_id(&b)?);
     let repo = app.daemon.repo.clone();
@@ -152,7 +152,7 @@ pub async fn diff(
 /// `POST /v1/snapshots/{id}/export`.
 pub async fn export(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ExportIn>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id: SnapshotId = parse_id(&id)?;

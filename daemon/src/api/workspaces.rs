@@ -1,11 +1,11 @@
 //! `/v1/workspaces`: create (fork + mount), list, get, snapshot, checkout, delete.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use helios_snapshot::{SnapshotId, WorkspaceId};
 
-use super::{ApiJson, AppState, blocking, parse_id};
+use super::{ApiJson, ApiPath, AppState, blocking, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{CheckoutIn, CreateWorkspaceIn, SnapshotIn, SnapshotOut, WorkspaceOut};
 
@@ -35,7 +35,7 @@ pub async fn list(State(app): State<AppState>) -> ApiResult<Json<Vec<WorkspaceOu
 /// `GET /v1/workspaces/{id}`.
 pub async fn get_one(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WorkspaceOut>> {
     let id: WorkspaceId = parse_id(&id)?;
     let d = app.daemon.clone();
@@ -45,7 +45,7 @@ pub async fn get_one(
 /// `POST /v1/workspaces/{id}/snapshot`.
 pub async fn snapshot(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<SnapshotOut>)> {
     let id: WorkspaceId = parse_id(&id)?;
@@ -66,7 +66,7 @@ pub async fn snapshot(
 /// `POST /v1/workspaces/{id}/checkout`.
 pub async fn checkout(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CheckoutIn>,
 ) -> ApiResult<Json<WorkspaceOut>> {
     let id: WorkspaceId = parse_id(&id)?;
@@ -78,7 +78,10 @@ pub async fn checkout(
 }
 
 /// `DELETE /v1/workspaces/{id}`: unmount and drop.
-pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     let id: WorkspaceId = parse_id(&id)?;
     let d = app.daemon.clone();
     blocking(move || d.delete(id)).await?;
