@@ -130,6 +130,27 @@ impl Daemon {
         // /proc/self/mountinfo shows and what the registry compares.
         let path = std::fs::canonicalize(&path)
             .map_err(|e| ApiError::bad_request(format!("mountpoint {mountpoint:?}: {e}")))?;
+        // A mount inside another workspace would be served through that workspace (and
+        // end up in its snapshots); one inside the state dir would hide helios's data.
+        if let Some((id, m)) = self
+            .mounts
+            .lock()
+            .iter()
+            .find(|(_, m)| path != m.mountpoint && path.starts_with(&m.mountpoint))
+        {
+            return Err(ApiError::bad_request(format!(
+                "mountpoint {mountpoint:?} is inside workspace {id}, mounted at {}: workspaces do not nest",
+                m.mountpoint.display()
+            )));
+        }
+        if let Ok(state) = std::fs::canonicalize(self.repo.dir())
+            && path.starts_with(&state)
+        {
+            return Err(ApiError::bad_request(format!(
+                "mountpoint {mountpoint:?} is inside the state directory {}",
+                state.display()
+            )));
+        }
         let in_use = self.mounts.lock().values().any(|m| m.mountpoint == path);
         if in_use || is_mounted(&path) {
             return Err(ApiError::conflict(

@@ -4,6 +4,7 @@
 mod api;
 mod crash_cycles;
 mod durability;
+mod hostile;
 mod lifecycle;
 mod mcts;
 
