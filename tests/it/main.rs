@@ -7,6 +7,7 @@ mod durability;
 mod hostile;
 mod lifecycle;
 mod mcts;
+mod soak;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
