@@ -63,6 +63,15 @@ pub(crate) struct Landed {
     pub snapshot: Option<Snapshot>,
 }
 
+impl Landed {
+    /// The snapshot of a `Landing::Snapshot`.
+    pub(crate) fn into_snapshot(self) -> Result<Snapshot> {
+        self.snapshot.ok_or_else(|| {
+            crate::error::Error::InvalidArgument("a tree landing made no snapshot".into())
+        })
+    }
+}
+
 /// Builds `source` and writes it, with everything it moves, in one synced batch.
 pub(crate) fn land(
     shared: &Shared,

@@ -112,9 +112,7 @@ impl Repo {
         };
         let mut source = Import { path, meta };
         let w = self.shared.store.writer();
-        commit::land(&self.shared, &mut source, w, landing)?
-            .snapshot
-            .ok_or_else(|| Error::InvalidArgument("a snapshot landing made no snapshot".into()))
+        commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }
 
     /// Writes snapshot `id` into `target`, which must be missing or an empty directory.

@@ -431,17 +431,7 @@ impl Repo {
         if let Some(p) = parent {
             self.snapshot(p)?;
         }
-        let base = match over {
-            Some(id) => {
-                let s = self.snapshot(id)?;
-                TreeRef {
-                    node: s.tree,
-                    fp: s.root,
-                    bytes: s.bytes,
-                }
-            }
-            None => self.empty_tree()?,
-        };
+        let base = self.tree_of(over)?;
         let moves = match workspace {
             Some(id) => {
                 let rec = self.workspace_record(id)?;
@@ -468,9 +458,7 @@ impl Repo {
             start,
         };
         let w = self.shared.store.writer();
-        commit::land(&self.shared, &mut source, w, landing)?
-            .snapshot
-            .ok_or_else(|| Error::InvalidArgument("a snapshot landing made no snapshot".into()))
+        commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }
 
     // ---- workspaces ----
@@ -482,17 +470,7 @@ impl Repo {
         read_only: bool,
         props: serde_json::Value,
     ) -> Result<Arc<Workspace>> {
-        let start = match from {
-            Some(id) => {
-                let s = self.snapshot(id)?;
-                TreeRef {
-                    node: s.tree,
-                    fp: s.root,
-                    bytes: s.bytes,
-                }
-            }
-            None => self.empty_tree()?,
-        };
+        let start = self.tree_of(from)?;
         let id = self.shared.alloc_workspace_id();
         let rec = WorkspaceRecord {
             id,
@@ -521,15 +499,7 @@ impl Repo {
         let rec = self.workspace_record(id)?;
         let start = match (rec.head, rec.base) {
             (Some(head), _) => head,
-            (None, Some(base)) => {
-                let s = self.snapshot(base)?;
-                TreeRef {
-                    node: s.tree,
-                    fp: s.root,
-                    bytes: s.bytes,
-                }
-            }
-            (None, None) => self.empty_tree()?,
+            (None, base) => self.tree_of(base)?,
         };
         let ws = Arc::new(Workspace::from_record(self.shared.clone(), &rec, start)?);
         open.insert(id, Arc::downgrade(&ws));
@@ -584,6 +554,21 @@ impl Repo {
             ws.save()?;
         }
         self.backend().flush()
+    }
+
+    /// The tree of snapshot `id`, or the empty tree for `None`.
+    fn tree_of(&self, id: Option<SnapshotId>) -> Result<TreeRef> {
+        match id {
+            Some(id) => {
+                let s = self.snapshot(id)?;
+                Ok(TreeRef {
+                    node: s.tree,
+                    fp: s.root,
+                    bytes: s.bytes,
+                })
+            }
+            None => self.empty_tree(),
+        }
     }
 
     /// The canonical empty root directory (mode 0755, owned by root), stored.

@@ -90,9 +90,7 @@ impl Workspace {
             annotations,
             start,
         };
-        commit::land(&self.shared, &mut source, w, landing)?
-            .snapshot
-            .ok_or_else(|| Error::InvalidArgument("a snapshot landing made no snapshot".into()))
+        commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }
 
     /// Hashes the changed own copies without holding the lock, so that a snapshot of a
