@@ -53,6 +53,58 @@ pub enum StartError {
 /// them (slowloris) is closed, so idle sockets cannot pile up.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a request body may go without sending anything: a body trickled slower than
+/// this ends the request with an error, so it cannot hold its connection for ever.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request body that fails when no frame arrives for `idle`.
+struct IdleTimeoutBody {
+    inner: hyper::body::Incoming,
+    idle: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for IdleTimeoutBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "no request body data for {} s",
+                        idle.as_secs()
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
 /// finish. Mounts stay up: the caller decides what shutdown means for them. Each
 /// connection is its own task, with a deadline for its headers; a malformed request
@@ -87,13 +139,19 @@ pub async fn run(
         let router = router.clone();
         let mut stop = stop_rx.clone();
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(|inner| {
+                        axum::body::Body::new(IdleTimeoutBody {
+                            inner,
+                            idle: BODY_IDLE_TIMEOUT,
+                            timer: None,
+                        })
+                    });
                     req.extensions_mut().insert(ConnectInfo(peer));
                     let mut router = router.clone();
                     async move { router.call(req).await }
-                },
-            );
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)

@@ -131,3 +131,28 @@ fn ten_thousand_bad_requests_and_health_keeps_answering() {
     assert_eq!(s2["parent"], s1["id"]);
     assert!(d.ok(&["fsck"]).starts_with("ok"));
 }
+
+/// A body trickled slower than the daemon's idle limit (10 s without data) ends that
+/// request with a clear error instead of holding the connection.
+#[test]
+fn a_stalled_request_body_is_cut_off() {
+    let d = Daemon::start();
+    let mut s = UnixStream::connect(&d.socket).expect("connect");
+    s.write_all(
+        b"POST /v1/snapshots/import HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"path\":",
+    )
+    .expect("write");
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        start.elapsed() < Duration::from_secs(18),
+        "still waiting after {:?}",
+        start.elapsed()
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+}
