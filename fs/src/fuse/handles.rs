@@ -142,7 +142,11 @@ impl Inner {
         self.ws.open(ino).map_err(|e| errno("open", &e))?;
         // A writer of a set-id file is served here, not passed through: its writes must
         // reach us to clear the bits (the kernel flags unprivileged writes).
-        let setid = write && self.ws.getattr(ino).is_ok_and(|s| s.mode & 0o6000 != 0);
+        let setid = write
+            && self
+                .ws
+                .mode_and_group(ino)
+                .is_ok_and(|(mode, _)| mode & 0o6000 != 0);
         self.register(ino, file, write, opener, !setid, register)
     }
 
@@ -150,9 +154,9 @@ impl Inner {
     /// group `gid` does on ext4: S_ISUID, and S_ISGID where the group may execute or the
     /// writer is not of the file's group (supplementary groups are not known here).
     pub(crate) fn kill_setid(&self, ino: Ino, gid: u32) -> helios_snapshot::Result<()> {
-        let s = self.ws.getattr(ino)?;
-        let kill_sgid = gid != s.gid;
-        if helios_snapshot::SetAttr::would_kill(s.mode, kill_sgid) {
+        let (mode, file_gid) = self.ws.mode_and_group(ino)?;
+        let kill_sgid = gid != file_gid;
+        if helios_snapshot::SetAttr::would_kill(mode, kill_sgid) {
             self.ws.setattr(
                 ino,
                 SetAttr {
@@ -166,7 +170,7 @@ impl Inner {
         // both bits from its cached mode on such a write, although S_ISGID without group
         // execution stays: it must ask again. Offset -1: attributes only, not the page
         // cache (safe inside a request).
-        if s.mode & 0o6000 != 0
+        if mode & 0o6000 != 0
             && let Some(n) = self.notifier.get()
         {
             let _ = n.inval_inode(INodeNo(ino.0), -1, 0);

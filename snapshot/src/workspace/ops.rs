@@ -56,6 +56,14 @@ impl Workspace {
         self.stat(&mut st, ino)
     }
 
+    /// Permission bits and group of `ino`, from the table alone (no stat of an own
+    /// copy): what an engine checks on an open for writing.
+    pub fn mode_and_group(&self, ino: Ino) -> Result<(u32, u32)> {
+        let st = self.state.read();
+        let a = &st.inode(ino)?.attrs;
+        Ok((a.mode, a.gid))
+    }
+
     /// `stat` under the shared lock; `None` when the own copy changed behind our back
     /// and the exclusive lock is needed to record it.
     pub(super) fn stat_shared(&self, st: &State, ino: Ino) -> Option<Result<Stat>> {
