@@ -70,6 +70,10 @@ impl Daemon {
     }
 
     fn mount(&self, name: &str, from: Option<&str>) -> (String, PathBuf) {
+        self.mount_with(name, from, "auto")
+    }
+
+    fn mount_with(&self, name: &str, from: Option<&str>, engine: &str) -> (String, PathBuf) {
         let mp = self.dir.path().join(name);
         std::fs::create_dir_all(&mp).expect("mkdir");
         let from = from.map_or(String::new(), |f| format!(", \"from\": \"{f}\""));
@@ -77,7 +81,7 @@ impl Daemon {
             &self.socket,
             "POST",
             "/v1/workspaces",
-            &format!("{{\"mountpoint\": {mp:?}{from}}}"),
+            &format!("{{\"mountpoint\": {mp:?}{from}, \"engine\": \"{engine}\"}}"),
         );
         assert_eq!(st, 201, "{body}");
         (field(&body, "id"), mp)
@@ -178,6 +182,8 @@ fn main() {
         Some("p50 < 20 ms"),
     );
 
+    engines(&d, quick);
+
     // 32 concurrent clients, each snapshotting its own workspace.
     let clients = if quick { 4 } else { 32 };
     let per = if quick { 3 } else { 50 };
@@ -239,4 +245,164 @@ fn main() {
             many.len() + spaces.len() + 1
         )
     );
+}
+
+/// A tree of `files` small files in directories of 100, imported; the source lives on
+/// tmpfs (deleting many files on the root disk is slow here).
+fn import_tree(d: &Daemon, files: usize) -> String {
+    let src = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
+    for i in 0..files {
+        let dir = src.path().join(format!("d{}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+        }
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).expect("write");
+    }
+    let (st, body) = http(
+        &d.socket,
+        "POST",
+        "/v1/snapshots/import",
+        &format!("{{\"path\": {:?}}}", src.path()),
+    );
+    assert_eq!(st, 201, "{body}");
+    field(&body, "id")
+}
+
+/// Both engines side by side over a 10k-file tree: snapshot and checkout with a few
+/// changed files, and fork to a mounted workspace from a snapshot never mounted before
+/// (10k and 100k files, and the tip of a long chain).
+fn engines(d: &Daemon, quick: bool) {
+    let n = if quick { 3 } else { 200 };
+    let small = import_tree(d, if quick { 200 } else { 10_000 });
+    for engine in ["fuse", "overlay"] {
+        let (ws, mp) = d.mount_with(&format!("tree-{engine}"), Some(&small), engine);
+        let mut snaps = Vec::new();
+        let mut samples = Vec::new();
+        for i in 0..n {
+            for f in 0..5 {
+                std::fs::write(mp.join(format!("d{f}/f{}", f * 100)), format!("{i}"))
+                    .expect("write");
+            }
+            let t = Instant::now();
+            let (st, body) = http(
+                &d.socket,
+                "POST",
+                &format!("/v1/workspaces/{ws}/snapshot"),
+                "{}",
+            );
+            samples.push(t.elapsed());
+            assert_eq!(st, 201, "{body}");
+            snaps.push(field(&body, "id"));
+        }
+        report(
+            &format!("{engine}: snapshot (5 files changed, 10k tree)"),
+            samples,
+            Some("p50 <= 10 ms"),
+        );
+        let mut samples = Vec::new();
+        for i in 0..n {
+            let to = &snaps[i % 2];
+            let t = Instant::now();
+            let (st, body) = http(
+                &d.socket,
+                "POST",
+                &format!("/v1/workspaces/{ws}/checkout"),
+                &format!("{{\"snapshot\": \"{to}\", \"discard\": true}}"),
+            );
+            samples.push(t.elapsed());
+            assert_eq!(st, 200, "{body}");
+        }
+        report(&format!("{engine}: checkout (10k tree)"), samples, None);
+        // Fork from snapshots no workspace has mounted: new ones, each a step further
+        // down the chain this workspace builds.
+        let mut samples = Vec::new();
+        for i in 0..n.min(50) {
+            std::fs::write(mp.join("step"), format!("{i}")).expect("write");
+            let (st, body) = http(
+                &d.socket,
+                "POST",
+                &format!("/v1/workspaces/{ws}/snapshot"),
+                "{}",
+            );
+            assert_eq!(st, 201, "{body}");
+            let from = field(&body, "id");
+            let fmp = d.dir.path().join(format!("fork-{engine}-{i}"));
+            std::fs::create_dir(&fmp).expect("mkdir");
+            let t = Instant::now();
+            let (st, body) = http(
+                &d.socket,
+                "POST",
+                "/v1/workspaces",
+                &format!(
+                    "{{\"mountpoint\": {fmp:?}, \"from\": \"{from}\", \"engine\": \"{engine}\"}}"
+                ),
+            );
+            std::fs::metadata(fmp.join("d0/f0")).expect("usable");
+            samples.push(t.elapsed());
+            assert_eq!(st, 201, "{body}");
+            let id = field(&body, "id");
+            let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{id}"), "");
+            assert_eq!(st, 204);
+        }
+        report(
+            &format!("{engine}: fork from a new snapshot (10k tree)"),
+            samples,
+            Some("p50 <= 5 ms"),
+        );
+        let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{ws}"), "");
+        assert_eq!(st, 204);
+    }
+    if quick {
+        return;
+    }
+    // The same at 100k files, and at the tip of a 1,000-snapshot chain.
+    let big = import_tree(d, 100_000);
+    let (ws, mp) = d.mount_with("chain", Some(&big), "fuse");
+    let mut tip = big.clone();
+    for i in 0..1000 {
+        std::fs::write(mp.join("step"), format!("{i}")).expect("write");
+        let (st, body) = http(
+            &d.socket,
+            "POST",
+            &format!("/v1/workspaces/{ws}/snapshot"),
+            "{}",
+        );
+        assert_eq!(st, 201, "{body}");
+        tip = field(&body, "id");
+    }
+    for engine in ["fuse", "overlay"] {
+        for (what, from) in [
+            ("100k tree", &big),
+            ("tip of a 1,000-snapshot chain, 100k tree", &tip),
+        ] {
+            let mut samples = Vec::new();
+            for i in 0..20 {
+                let fmp = d
+                    .dir
+                    .path()
+                    .join(format!("big-{engine}-{}-{i}", what.len()));
+                std::fs::create_dir(&fmp).expect("mkdir");
+                let t = Instant::now();
+                let (st, body) = http(
+                    &d.socket,
+                    "POST",
+                    "/v1/workspaces",
+                    &format!(
+                        "{{\"mountpoint\": {fmp:?}, \"from\": \"{from}\", \"engine\": \"{engine}\"}}"
+                    ),
+                );
+                std::fs::metadata(fmp.join("d0/f0")).expect("usable");
+                samples.push(t.elapsed());
+                assert_eq!(st, 201, "{body}");
+                let id = field(&body, "id");
+                let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{id}"), "");
+                assert_eq!(st, 204);
+            }
+            report(
+                &format!("{engine}: fork ({what})"),
+                samples,
+                Some("p50 <= 5 ms"),
+            );
+        }
+    }
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use helios_fs::{Engine, EngineChoice, MountOptions, MountedWorkspace};
-use helios_snapshot::{Repo, Snapshot, SnapshotId, Workspace, WorkspaceId, WorkspaceRecord};
+use helios_fs::{Engine, EngineChoice, Engines, MountOptions, MountedWorkspace};
+use helios_snapshot::{Repo, Snapshot, SnapshotId, WorkspaceId, WorkspaceRecord};
 use parking_lot::Mutex;
 
 use crate::error::{ApiError, ApiResult};
@@ -27,7 +27,7 @@ pub struct Daemon {
     mounts: Mutex<HashMap<WorkspaceId, Arc<Mounted>>>,
     /// Metrics.
     pub metrics: Metrics,
-    mount_opts: MountOptions,
+    engines: Engines,
     /// Serializes workspace creation: checking a mountpoint and mounting on it is one step.
     creating: Mutex<()>,
 }
@@ -73,10 +73,10 @@ impl Daemon {
     /// A registry over `repo`; nothing mounted yet.
     pub fn new(repo: Arc<Repo>, mount_opts: MountOptions) -> Daemon {
         Daemon {
+            engines: Engines::new(repo.clone(), mount_opts),
             repo,
             mounts: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            mount_opts,
             creating: Mutex::new(()),
         }
     }
@@ -175,16 +175,18 @@ impl Daemon {
         from: Option<SnapshotId>,
         engine: EngineChoice,
     ) -> ApiResult<WorkspaceOut> {
-        let (engine, reason) =
-            helios_fs::resolve(engine).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (engine, reason) = self
+            .engines
+            .resolve(engine)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let _one_at_a_time = self.creating.lock();
         let path = self.check_mountpoint(mountpoint)?;
         let start = Instant::now();
-        let ws = self
+        let id = self
             .repo
-            .create_workspace(from, false, props(&path, engine, &reason))?;
-        let id = ws.id();
-        match self.mount(engine, ws, &path) {
+            .create_workspace(from, false, props(&path, engine, &reason))?
+            .id();
+        match self.mount(engine, id, &path) {
             Ok(()) => {}
             Err(e) => {
                 let _ = self.repo.delete_workspace(id);
@@ -195,9 +197,8 @@ impl Daemon {
         self.out(id)
     }
 
-    fn mount(&self, engine: Engine, ws: Arc<Workspace>, path: &Path) -> ApiResult<()> {
-        let id = ws.id();
-        let mount = helios_fs::mount(engine, ws, path, &self.mount_opts)?;
+    fn mount(&self, engine: Engine, id: WorkspaceId, path: &Path) -> ApiResult<()> {
+        let mount = self.engines.mount(engine, id, path)?;
         self.mounts.lock().insert(
             id,
             Arc::new(Mounted {
@@ -233,7 +234,10 @@ impl Daemon {
         let mounted = self.mounts.lock().get(&id).cloned();
         let snap = match mounted {
             Some(m) => m.mount.snapshot(label, annotations)?,
-            None => self.repo.open_workspace(id)?.snapshot(label, annotations)?,
+            None => {
+                self.unmounted_fuse(id)?;
+                self.repo.open_workspace(id)?.snapshot(label, annotations)?
+            }
         };
         self.metrics.op("snapshot", start.elapsed());
         Ok(snap)
@@ -251,11 +255,24 @@ impl Daemon {
         match mounted {
             Some(m) => m.mount.checkout(snap, discard)?,
             None => {
+                self.unmounted_fuse(id)?;
                 self.repo.open_workspace(id)?.checkout(snap, discard)?;
             }
         }
         self.metrics.op("checkout", start.elapsed());
         self.out(id)
+    }
+
+    /// Refuses to work on an unmounted overlay workspace: its files are its upperdir,
+    /// which only its engine reads.
+    fn unmounted_fuse(&self, id: WorkspaceId) -> ApiResult<()> {
+        match engine_of(&self.repo.workspace_record(id)?) {
+            Engine::Fuse => Ok(()),
+            Engine::Overlay => Err(ApiError::conflict(
+                "not_mounted",
+                format!("overlay workspace {id} is not mounted (see the daemon's log for why)"),
+            )),
+        }
     }
 
     /// Unmounts and deletes a workspace.
@@ -286,18 +303,20 @@ impl Daemon {
             let Some(path) = mountpoint_of(&rec) else {
                 continue;
             };
-            if is_mounted(&path) {
+            // An overlay workspace leaves a stack of mounts (and a dead FUSE lower).
+            let mut stale = 0;
+            while is_mounted(&path) && stale < 8 {
+                stale += 1;
                 tracing::warn!(mountpoint = %path.display(), "detaching a stale mount");
                 if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
                     tracing::error!(mountpoint = %path.display(), error = %e, "could not detach");
-                    continue;
+                    break;
                 }
             }
-            let result = self
-                .repo
-                .open_workspace(rec.id)
-                .map_err(ApiError::from)
-                .and_then(|ws| self.mount(engine_of(&rec), ws, &path));
+            if is_mounted(&path) {
+                continue;
+            }
+            let result = self.mount(engine_of(&rec), rec.id, &path);
             match result {
                 Ok(()) => n += 1,
                 Err(e) => {

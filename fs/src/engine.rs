@@ -10,9 +10,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use helios_snapshot::{Snapshot, SnapshotId, Workspace};
+use helios_snapshot::{Repo, Snapshot, SnapshotId, WorkspaceId};
 
 use crate::mount::{Mount, MountOptions};
+use crate::overlay::{self, Lowers, OverlayWorkspace};
 use crate::{Error, Result};
 
 /// The engine that serves a workspace.
@@ -65,18 +66,114 @@ impl FromStr for EngineChoice {
     }
 }
 
-/// The engine that serves a workspace asked for with `choice`, and why; an error when
-/// the engine asked for cannot serve it here.
-pub fn resolve(choice: EngineChoice) -> Result<(Engine, String)> {
-    match choice {
-        EngineChoice::Auto => Ok((
-            Engine::Fuse,
-            "auto: the overlay engine is not built yet; fuse serves every workspace".into(),
-        )),
-        EngineChoice::Exactly(Engine::Fuse) => Ok((Engine::Fuse, "requested".into())),
-        EngineChoice::Exactly(Engine::Overlay) => Err(Error::Unsupported(
-            "the overlay engine is not available in this build; use fuse or auto".into(),
-        )),
+/// The engines of one repository: what can serve a workspace here, and the lower layers
+/// overlay workspaces share.
+#[derive(Debug)]
+pub struct Engines {
+    repo: Arc<Repo>,
+    opts: MountOptions,
+    lowers: Arc<Lowers>,
+    /// `Err`: why the overlay engine cannot work here.
+    overlay: std::result::Result<(), String>,
+}
+
+impl Engines {
+    /// The engines for `repo`, mounting with `opts`. Probes once whether overlayfs works
+    /// here (by mounting one); `HELIOS_NO_OVERLAY=1` forces the fallback.
+    pub fn new(repo: Arc<Repo>, opts: MountOptions) -> Engines {
+        let forced =
+            std::env::var_os("HELIOS_NO_OVERLAY").is_some_and(|v| !v.is_empty() && v != "0");
+        Engines::build(
+            repo,
+            opts,
+            (!forced).then_some(()).ok_or("HELIOS_NO_OVERLAY is set"),
+        )
+    }
+
+    /// The engines for `repo` with the overlay engine switched off (the fallback every
+    /// host without overlayfs gets), for tests and callers that must not use it.
+    pub fn without_overlay(repo: Arc<Repo>, opts: MountOptions) -> Engines {
+        Engines::build(repo, opts, Err("switched off by the caller"))
+    }
+
+    fn build(
+        repo: Arc<Repo>,
+        opts: MountOptions,
+        allowed: std::result::Result<(), &str>,
+    ) -> Engines {
+        let lowers = Arc::new(Lowers::new(repo.clone(), &opts));
+        let overlay = allowed
+            .map_err(str::to_string)
+            .and_then(|()| overlay::probe(&lowers));
+        match &overlay {
+            Ok(()) => tracing::info!("the overlay engine works here"),
+            Err(why) => tracing::info!(reason = %why, "the overlay engine is not available"),
+        }
+        Engines {
+            repo,
+            opts,
+            lowers,
+            overlay,
+        }
+    }
+
+    /// The options FUSE mounts get.
+    pub fn options(&self) -> &MountOptions {
+        &self.opts
+    }
+
+    /// Why the overlay engine cannot serve here, or `None` when it can.
+    pub fn overlay_unavailable(&self) -> Option<&str> {
+        self.overlay.as_ref().err().map(String::as_str)
+    }
+
+    /// The engine that serves a workspace asked for with `choice`, and why; an error
+    /// naming the cause when the engine asked for cannot serve here.
+    pub fn resolve(&self, choice: EngineChoice) -> Result<(Engine, String)> {
+        match (choice, &self.overlay) {
+            (EngineChoice::Auto, _) => Ok((
+                Engine::Fuse,
+                match &self.overlay {
+                    Ok(()) => "auto: fuse until the overlay engine passes the whole mount suite; ask for overlay to use it".into(),
+                    Err(why) => format!("auto: overlay unavailable ({why})"),
+                },
+            )),
+            (EngineChoice::Exactly(Engine::Fuse), _) => Ok((Engine::Fuse, "requested".into())),
+            (EngineChoice::Exactly(Engine::Overlay), Ok(())) => {
+                Ok((Engine::Overlay, "requested".into()))
+            }
+            (EngineChoice::Exactly(Engine::Overlay), Err(why)) => Err(Error::Unsupported(
+                format!("the overlay engine cannot work here: {why}; use fuse or auto"),
+            )),
+        }
+    }
+
+    /// Mounts workspace `id` at `mountpoint` with `engine`.
+    pub fn mount(
+        &self,
+        engine: Engine,
+        id: WorkspaceId,
+        mountpoint: &Path,
+    ) -> Result<Box<dyn MountedWorkspace>> {
+        match engine {
+            Engine::Fuse => {
+                let ws = self.repo.open_workspace(id)?;
+                Ok(Box::new(Mount::fuse(ws, mountpoint, &self.opts)?))
+            }
+            Engine::Overlay => {
+                if let Err(why) = &self.overlay {
+                    return Err(Error::Unsupported(format!(
+                        "the overlay engine cannot work here: {why}"
+                    )));
+                }
+                Ok(Box::new(OverlayWorkspace::mount(
+                    self.repo.clone(),
+                    self.lowers.clone(),
+                    id,
+                    mountpoint,
+                )?))
+            }
+        }
     }
 }
 
@@ -111,21 +208,6 @@ pub trait MountedWorkspace: Send + Sync + std::fmt::Debug {
     fn save(&self) -> Result<()>;
     /// Unmounts; a busy mount is detached lazily and reported.
     fn unmount(self: Box<Self>) -> Result<()>;
-}
-
-/// Mounts `ws` at `mountpoint` with `engine`.
-pub fn mount(
-    engine: Engine,
-    ws: Arc<Workspace>,
-    mountpoint: &Path,
-    opts: &MountOptions,
-) -> Result<Box<dyn MountedWorkspace>> {
-    match engine {
-        Engine::Fuse => Ok(Box::new(Mount::fuse(ws, mountpoint, opts)?)),
-        Engine::Overlay => Err(Error::Unsupported(
-            "the overlay engine is not available in this build".into(),
-        )),
-    }
 }
 
 impl MountedWorkspace for Mount {
@@ -188,8 +270,5 @@ mod tests {
         );
         let e = "zfs".parse::<EngineChoice>().expect_err("unknown");
         assert!(e.to_string().contains("fuse, overlay or auto"), "{e}");
-        assert_eq!(resolve(EngineChoice::Auto).expect("auto").0, Engine::Fuse);
-        let e = resolve(EngineChoice::Exactly(Engine::Overlay)).expect_err("not built");
-        assert!(e.to_string().contains("overlay"), "{e}");
     }
 }

@@ -1,14 +1,17 @@
 //! helios-fs: the engines that serve a helios workspace to the kernel. `fuse` (fuser,
 //! multi-threaded, kernel caching with explicit invalidation, FUSE passthrough where the
-//! kernel allows it). No async runtime, no wire types.
+//! kernel allows it) and `overlay` (kernel overlayfs over read-only FUSE views of
+//! snapshots). No async runtime, no wire types.
 
 mod engine;
 mod errno;
 mod fuse;
 mod mount;
+mod overlay;
 
-pub use engine::{Capabilities, Engine, EngineChoice, MountedWorkspace, mount, resolve};
+pub use engine::{Capabilities, Engine, EngineChoice, Engines, MountedWorkspace};
 pub use mount::{JOURNAL_INTERVAL, Mount, MountOptions};
+pub use overlay::{Lowers, OverlayWorkspace};
 
 /// Errors of the engines.
 #[derive(Debug, thiserror::Error)]

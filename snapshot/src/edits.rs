@@ -39,6 +39,14 @@ pub enum Edit {
         /// Whether the base's entries are hidden.
         opaque: bool,
     },
+    /// A directory moved here from path `from` of the base tree (an overlay
+    /// `redirect`): the base's entries at `from`, with the edits below applied to them.
+    MovedDir {
+        /// Its attributes.
+        attrs: Attrs,
+        /// Where it was in the base tree (`/`-separated, relative to the root).
+        from: String,
+    },
     /// Whatever is there is removed (an overlay whiteout).
     Delete,
 }
@@ -126,7 +134,10 @@ impl ChangeSource for EditSource<'_> {
         let root = &self.edits.root;
         let (base, attrs) = match &root.edit {
             Some(Edit::Dir { attrs, opaque }) => {
-                changed += 1;
+                let base_attrs = &self.shared.node(&self.base.node)?.attrs;
+                if *opaque || attrs != base_attrs {
+                    changed += 1;
+                }
                 ((!opaque).then_some(self.base.node), attrs.clone())
             }
             _ => (
@@ -134,7 +145,8 @@ impl ChangeSource for EditSource<'_> {
                 self.shared.node(&self.base.node)?.attrs.clone(),
             ),
         };
-        let tree = apply_dir(self.shared, w, base, attrs, root, "", &mut changed)?;
+        let over = self.base.node;
+        let tree = apply_dir(self.shared, w, over, base, attrs, root, "", &mut changed)?;
         Ok(Built {
             tree,
             changed_paths: changed,
@@ -143,9 +155,11 @@ impl ChangeSource for EditSource<'_> {
 }
 
 /// Re-encodes one directory: its base entries (unless opaque) with the edits below it.
+#[allow(clippy::too_many_arguments)]
 fn apply_dir(
     shared: &Shared,
     w: &mut ObjectWriter<'_>,
+    over: Hash,
     base: Option<Hash>,
     attrs: Attrs,
     node: &Node,
@@ -176,31 +190,67 @@ fn apply_dir(
             }
             Some(Edit::Entry(kind)) => {
                 leaf("stored entry")?;
-                entries.insert(name.clone(), kind.clone());
-                *changed += 1;
+                if entries.insert(name.clone(), kind.clone()).as_ref() != Some(kind) {
+                    *changed += 1;
+                }
             }
             Some(Edit::File { attrs, source }) => {
                 leaf("file")?;
                 let f = std::fs::File::open(source)
                     .map_err(|e| Error::io(format!("open {}", source.display()), e))?;
                 let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
-                entries.insert(
-                    name.clone(),
-                    EntryKind::File {
-                        attrs: attrs.clone(),
-                        content,
-                    },
-                );
-                *changed += 1;
+                let kind = EntryKind::File {
+                    attrs: attrs.clone(),
+                    content,
+                };
+                if entries.insert(name.clone(), kind.clone()) != Some(kind) {
+                    *changed += 1;
+                }
             }
             Some(Edit::Dir { attrs, opaque }) => {
                 let sub = match entries.get(name) {
                     Some(EntryKind::Dir { node, .. }) if !opaque => Some(*node),
                     _ => None,
                 };
-                let t = apply_dir(shared, w, sub, attrs.clone(), child, &child_path, changed)?;
-                entries.insert(name.clone(), dir_entry(t));
-                *changed += 1;
+                // A directory edit that repeats the base's attributes over the base's
+                // entries (an overlay copies up every directory on a changed path)
+                // changes nothing by itself.
+                let same = match sub {
+                    Some(h) => shared.node(&h)?.attrs == *attrs,
+                    None => false,
+                };
+                let t = apply_dir(
+                    shared,
+                    w,
+                    over,
+                    sub,
+                    attrs.clone(),
+                    child,
+                    &child_path,
+                    changed,
+                )?;
+                let old = entries.insert(name.clone(), dir_entry(t));
+                if !same && old != Some(dir_entry(t)) {
+                    *changed += 1;
+                }
+            }
+            Some(Edit::MovedDir { attrs, from }) => {
+                let sub = dir_at(shared, over, from).map_err(|e| {
+                    Error::InvalidArgument(format!("{child_path}: moved from {from:?}: {e}"))
+                })?;
+                let t = apply_dir(
+                    shared,
+                    w,
+                    over,
+                    Some(sub),
+                    attrs.clone(),
+                    child,
+                    &child_path,
+                    changed,
+                )?;
+                if entries.insert(name.clone(), dir_entry(t)) != Some(dir_entry(t)) {
+                    *changed += 1;
+                }
             }
             None => {
                 let sub = match entries.get(name) {
@@ -212,13 +262,37 @@ fn apply_dir(
                     }
                 };
                 let sub_attrs = shared.node(&sub)?.attrs.clone();
-                let t = apply_dir(shared, w, Some(sub), sub_attrs, child, &child_path, changed)?;
+                let t = apply_dir(
+                    shared,
+                    w,
+                    over,
+                    Some(sub),
+                    sub_attrs,
+                    child,
+                    &child_path,
+                    changed,
+                )?;
                 entries.insert(name.clone(), dir_entry(t));
             }
         }
     }
     let refs: Vec<(&Name, EntryRef<'_>)> = entries.iter().map(|(n, k)| (n, k.as_ref())).collect();
     tree::encode_dir(&attrs, &refs).store(w)
+}
+
+/// The node of the directory at `path` below `root`.
+fn dir_at(shared: &Shared, root: Hash, path: &str) -> Result<Hash> {
+    let mut h = root;
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        let name = Name::try_from(comp)?;
+        let node = shared.node(&h)?;
+        h = match node.entries.iter().find(|(n, _)| *n == name) {
+            Some((_, EntryKind::Dir { node, .. })) => *node,
+            Some(_) => return Err(Error::NotADirectory(path.to_string())),
+            None => return Err(Error::NoEntry(path.to_string())),
+        };
+    }
+    Ok(h)
 }
 
 fn dir_entry(t: TreeRef) -> EntryKind {

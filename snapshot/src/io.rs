@@ -26,7 +26,10 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
 }
 
-fn attrs_of(path: &Path, meta: &fs::Metadata) -> Result<Attrs> {
+/// The attributes of a host file as a snapshot stores them: permission bits, owner,
+/// mtime and every readable extended attribute (see `xattrs_of`). `meta` is its
+/// `symlink_metadata`.
+pub fn attrs_of(path: &Path, meta: &fs::Metadata) -> Result<Attrs> {
     Ok(Attrs {
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),

@@ -351,7 +351,12 @@ impl Repo {
         let in_use: HashMap<SnapshotId, WorkspaceId> = self
             .workspaces()?
             .into_iter()
-            .filter_map(|w| w.base.map(|b| (b, w.id)))
+            .flat_map(|w| {
+                [w.base, w.lower]
+                    .into_iter()
+                    .flatten()
+                    .map(move |b| (b, w.id))
+            })
             .collect();
         let children = snapshot::children(self.backend(), Some(id))?;
         if !recursive {
@@ -478,6 +483,7 @@ impl Repo {
             base_root: start.fp,
             head: None,
             read_only,
+            lower: None,
             props,
         };
         let ws = Arc::new(Workspace::from_record(self.shared.clone(), &rec, start)?);
@@ -504,6 +510,64 @@ impl Repo {
         let ws = Arc::new(Workspace::from_record(self.shared.clone(), &rec, start)?);
         open.insert(id, Arc::downgrade(&ws));
         Ok(ws)
+    }
+
+    /// A read-only view of snapshot `id` (or the empty tree) served like a workspace but
+    /// never persisted: it has no record, is not listed, and leaves nothing behind. O(1)
+    /// in the snapshot's size (directories load on first lookup). The overlay engine's
+    /// lower layers are views.
+    pub fn view(&self, id: Option<SnapshotId>) -> Result<Arc<Workspace>> {
+        let start = self.tree_of(id)?;
+        // Views take ids from the top half, so that they never use up (or collide with)
+        // the ids of persisted workspaces, and no journal record ever names one.
+        static NEXT_VIEW: AtomicU64 = AtomicU64::new(1 << 63);
+        let rec = WorkspaceRecord {
+            id: WorkspaceId(NEXT_VIEW.fetch_add(1, Ordering::Relaxed)),
+            base: id,
+            base_root: start.fp,
+            head: None,
+            read_only: true,
+            lower: None,
+            props: serde_json::Value::Null,
+        };
+        Ok(Arc::new(Workspace::from_record(
+            self.shared.clone(),
+            &rec,
+            start,
+        )?))
+    }
+
+    /// Moves a workspace onto snapshot `base` with no uncommitted changes and, for an
+    /// overlay workspace, a lower layer showing `lower` (one synced write). What an engine
+    /// that keeps a workspace's files itself records after a checkout.
+    pub fn rebase_workspace(
+        &self,
+        id: WorkspaceId,
+        base: Option<SnapshotId>,
+        lower: Option<SnapshotId>,
+    ) -> Result<WorkspaceRecord> {
+        let _gc = self.shared.gc_lock.read();
+        let rec = self.workspace_record(id)?;
+        let tree = self.tree_of(base)?;
+        if let Some(l) = lower {
+            self.snapshot(l)?;
+        }
+        let rec = WorkspaceRecord {
+            base,
+            base_root: tree.fp,
+            head: None,
+            lower,
+            ..rec
+        };
+        let mut b = Batch::new();
+        b.put(Cf::Workspaces, id.key(), snapshot::encode_record(&rec));
+        self.backend().write(b, Durability::Sync)?;
+        Ok(rec)
+    }
+
+    /// Where a workspace keeps its files (own copies; an overlay workspace's layers).
+    pub fn workspace_dir(&self, id: WorkspaceId) -> PathBuf {
+        self.shared.workspace_dir(id)
     }
 
     /// The persisted record of a workspace.

@@ -7,6 +7,7 @@ mod durability;
 mod hostile;
 mod lifecycle;
 mod mcts;
+mod overlay;
 mod soak;
 
 use std::io::{Read, Write};
@@ -27,6 +28,8 @@ pub struct Daemon {
     pub state: PathBuf,
     /// Extra arguments of `helios serve`.
     pub serve_args: Vec<String>,
+    /// Extra environment of `helios serve` (kept for restarts).
+    pub serve_env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -56,6 +59,7 @@ impl Daemon {
             socket,
             state,
             serve_args: args.iter().map(|a| a.to_string()).collect(),
+            serve_env: Vec::new(),
             child: None,
         };
         d.spawn();
@@ -75,6 +79,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.serve_args)
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

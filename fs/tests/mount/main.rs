@@ -5,6 +5,7 @@
 
 mod checkout;
 mod differential;
+mod overlay;
 mod posix;
 mod tools;
 

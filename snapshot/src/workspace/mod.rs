@@ -148,6 +148,8 @@ struct State {
     base: Option<SnapshotId>,
     base_root: Hash,
     props: serde_json::Value,
+    /// Kept as read (see `WorkspaceRecord::lower`).
+    lower: Option<SnapshotId>,
     /// Inode numbers are small sequential integers: a fast non-cryptographic hash fits.
     inodes: FxHashMap<Ino, Inode>,
     next_ino: u64,
@@ -239,6 +241,7 @@ impl Workspace {
             base: rec.base,
             base_root: rec.base_root,
             props: rec.props.clone(),
+            lower: rec.lower,
             inodes: FxHashMap::default(),
             next_ino: 2,
             generation: 0,
@@ -307,6 +310,7 @@ impl Workspace {
             base_root: st.base_root,
             head,
             read_only: self.read_only,
+            lower: st.lower,
             props: st.props.clone(),
         }
     }

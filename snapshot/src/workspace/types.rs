@@ -161,6 +161,10 @@ pub struct WorkspaceRecord {
     pub head: Option<TreeRef>,
     /// Whether it refuses changes.
     pub read_only: bool,
+    /// The snapshot an overlay workspace's lower layer shows (its upperdir holds every
+    /// change since): kept by `prune` like `base`. `None` for fuse workspaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<SnapshotId>,
     /// Opaque properties of the caller (the daemon keeps mountpoint and engine here).
     #[serde(default)]
     pub props: serde_json::Value,

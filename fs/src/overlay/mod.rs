@@ -1,0 +1,540 @@
+//! The overlay engine: a workspace is a kernel overlayfs mount, so every data and
+//! metadata operation of the agent runs in the kernel. Its lower layer is a read-only
+//! helios FUSE view of the snapshot it was forked from (`Lowers`: one per snapshot,
+//! shared by every workspace over it, mounted in O(1) of the tree's size); its upperdir
+//! and workdir live in the workspace's directory. A snapshot scans the upperdir into an
+//! edit list over the lower snapshot (`scan`) and commits it through the core's one
+//! commit path. A checkout slides a new overlay in under the visible one
+//! (`MOVE_MOUNT_BENEATH`) and detaches the old one: one atomic switch for every new path
+//! lookup at the mountpoint.
+//!
+//! Layers on disk: `<workspace dir>/overlay/<gen>.<lower>/{upper,work}`, `<lower>` the
+//! lower snapshot's id (`empty` for none). The record's `lower` names the layer in use;
+//! a restart mounts the newest layer over that snapshot again.
+//!
+//! Containers: the first overlay mounted at a mountpoint (the anchor) is made a shared
+//! mount and stays mounted under the others for the workspace's life; each checkout puts
+//! the new overlay on the anchor and detaches the previous one. A bind of the mountpoint
+//! with slave (or shared) propagation made while the anchor was on top (bwrap binds are
+//! slaves; podman needs `:rslave`) therefore follows every checkout. A process's current
+//! directory and open files keep what they opened, as with any replaced mount.
+
+mod scan;
+#[allow(unsafe_code)] // raw syscalls of the new mount API, each with its SAFETY note
+mod sys;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use helios_snapshot::{Repo, Snapshot, SnapshotId, WorkspaceId};
+use nix::mount::MntFlags;
+use parking_lot::Mutex;
+
+use crate::engine::{Capabilities, Engine, MountedWorkspace};
+use crate::mount::{Mount, MountOptions};
+use crate::{Error, Result};
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |e| Error::Core(helios_snapshot::Error::io(context, e))
+}
+
+fn mount_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Mount { context, source }
+}
+
+fn key(id: Option<SnapshotId>) -> String {
+    id.map_or_else(|| "empty".to_string(), |s| s.to_string())
+}
+
+/// A mounted read-only view of one snapshot, used as the lowerdir of every overlay
+/// workspace over it. Unmounted (lazily, off the caller's thread) when the last user
+/// lets go.
+#[derive(Debug)]
+pub(crate) struct Lower {
+    path: PathBuf,
+    mount: Mutex<Option<Mount>>,
+}
+
+impl Drop for Lower {
+    fn drop(&mut self) {
+        if let Some(m) = self.mount.lock().take() {
+            // A detached overlay that a process still uses holds this view: unmounting
+            // then waits for the kernel to release it, so not on the caller's thread.
+            let path = self.path.clone();
+            let _ = std::thread::Builder::new()
+                .name("helios-lower-drop".into())
+                .spawn(move || {
+                    drop(m);
+                    let _ = std::fs::remove_dir(&path);
+                });
+        }
+    }
+}
+
+/// The lower layers of a repository: one read-only FUSE view per snapshot in use, under
+/// `<state>/lower/<snapshot>`.
+#[derive(Debug)]
+pub struct Lowers {
+    repo: Arc<Repo>,
+    /// The state dir, absolute (mount options and mountinfo want one spelling).
+    state: PathBuf,
+    dir: PathBuf,
+    opts: MountOptions,
+    open: Mutex<HashMap<Option<SnapshotId>, Weak<Lower>>>,
+}
+
+impl Lowers {
+    /// The lower layers of `repo`; stale views left by a killed daemon are detached.
+    pub fn new(repo: Arc<Repo>, opts: &MountOptions) -> Lowers {
+        let state = std::fs::canonicalize(repo.dir()).unwrap_or_else(|_| repo.dir().to_path_buf());
+        let dir = state.join("lower");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let _ = nix::mount::umount2(&e.path(), MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let opts = MountOptions {
+            journal_interval: None,
+            ..opts.clone()
+        };
+        Lowers {
+            repo,
+            state,
+            dir,
+            opts,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The view of snapshot `id`, mounting it if no workspace uses it yet.
+    pub(crate) fn get(&self, id: Option<SnapshotId>) -> Result<Arc<Lower>> {
+        let mut open = self.open.lock();
+        if let Some(l) = open.get(&id).and_then(Weak::upgrade) {
+            return Ok(l);
+        }
+        // A path of its own: the unmount of a released view runs in the background and
+        // must never hit a newer view of the same snapshot.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{}-{n}", key(id)));
+        // Left mounted by a daemon that was killed.
+        let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
+        std::fs::create_dir_all(&path).map_err(io(format!("create {}", path.display())))?;
+        let view = self.repo.view(id)?;
+        let mount = Mount::fuse(view, &path, &self.opts)?;
+        let l = Arc::new(Lower {
+            path,
+            mount: Mutex::new(Some(mount)),
+        });
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(id, Arc::downgrade(&l));
+        Ok(l)
+    }
+}
+
+/// Checks that this process can mount an overlay over a FUSE view with its upperdir in
+/// the state dir (privilege, kernel support, `trusted.*` xattrs, the new mount API),
+/// by doing it once. `Err` says why not.
+pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
+    let dir = lowers.state.join("overlay-probe");
+    let _ = nix::mount::umount2(&dir.join("m"), MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = (|| -> Result<()> {
+        for d in ["u", "w", "m"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(io("create the probe"))?;
+        }
+        let lower = lowers.get(None)?;
+        sys::overlay(&lower.path, &dir.join("u"), &dir.join("w"))
+            .and_then(|m| m.attach(&dir.join("m"), false))
+            .map_err(mount_err("mount an overlay"))?;
+        std::fs::write(dir.join("m/probe"), b"x").map_err(io("write through the overlay"))?;
+        let unmounted = nix::mount::umount2(&dir.join("m"), MntFlags::empty());
+        unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))?;
+        Ok(())
+    })();
+    let _ = nix::mount::umount2(&dir.join("m"), MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|e| e.to_string())
+}
+
+/// One overlay layer of a workspace: its directory, and the lower view it stands on.
+#[derive(Debug)]
+struct Layer {
+    dir: PathBuf,
+    lower_id: Option<SnapshotId>,
+    _lower: Arc<Lower>,
+}
+
+impl Layer {
+    fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    fn clean_file(&self) -> PathBuf {
+        self.dir.join("clean")
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    base: Option<SnapshotId>,
+    /// The anchor (the first overlay mounted at the mountpoint) and, after a checkout,
+    /// the overlay on top of it that is in use.
+    anchor: Layer,
+    current: Option<Layer>,
+    next_gen: u64,
+    /// The upper's fingerprint when it last matched `base`.
+    clean_sig: Option<u64>,
+    mounted: bool,
+}
+
+impl State {
+    fn layer(&self) -> &Layer {
+        self.current.as_ref().unwrap_or(&self.anchor)
+    }
+}
+
+/// A workspace served by the overlay engine.
+#[derive(Debug)]
+pub struct OverlayWorkspace {
+    repo: Arc<Repo>,
+    lowers: Arc<Lowers>,
+    id: WorkspaceId,
+    mountpoint: PathBuf,
+    layers: PathBuf,
+    st: Mutex<State>,
+}
+
+fn parse_layer(name: &str) -> Option<(u64, Option<SnapshotId>)> {
+    let (gen_, lower) = name.split_once('.')?;
+    let gen_ = gen_.parse().ok()?;
+    let lower = match lower {
+        "empty" => None,
+        s => Some(s.parse().ok()?),
+    };
+    Some((gen_, lower))
+}
+
+impl OverlayWorkspace {
+    /// Mounts workspace `id` at `mountpoint`: over the layer its record names (a
+    /// restart finds the upperdir it left), or a new layer over its base.
+    pub fn mount(
+        repo: Arc<Repo>,
+        lowers: Arc<Lowers>,
+        id: WorkspaceId,
+        mountpoint: &Path,
+    ) -> Result<OverlayWorkspace> {
+        let mut rec = repo.workspace_record(id)?;
+        if rec.read_only {
+            return Err(Error::Unsupported(
+                "read-only workspaces are served by the fuse engine".into(),
+            ));
+        }
+        if rec.head.is_some() {
+            return Err(Error::Unsupported(format!(
+                "workspace {id} has uncommitted changes saved by the fuse engine; mount it with fuse"
+            )));
+        }
+        let layers = repo.workspace_dir(id).join("overlay");
+        std::fs::create_dir_all(&layers).map_err(io(format!("create {}", layers.display())))?;
+        let layers =
+            std::fs::canonicalize(&layers).map_err(io(format!("resolve {}", layers.display())))?;
+        let mut found: Vec<(u64, Option<SnapshotId>, PathBuf)> = std::fs::read_dir(&layers)
+            .map_err(io(format!("read {}", layers.display())))?
+            .flatten()
+            .filter_map(|e| {
+                let (g, l) = parse_layer(&e.file_name().to_string_lossy())?;
+                Some((g, l, e.path()))
+            })
+            .collect();
+        found.sort_by_key(|f| f.0);
+
+        let next_gen = found.last().map_or(0, |f| f.0 + 1);
+        let keep = found.iter().rev().find(|f| f.1 == rec.lower).cloned();
+        if keep.is_none() && rec.lower != rec.base {
+            // A new workspace (or one whose layer never got written): a fresh layer over
+            // its base. An existing one has a layer over the lower its record names.
+            rec = repo.rebase_workspace(id, rec.base, rec.base)?;
+        }
+        for f in &found {
+            if keep.as_ref().is_none_or(|k| k.2 != f.2) {
+                remove_later(f.2.clone());
+            }
+        }
+        let lower = lowers.get(rec.lower)?;
+        let (anchor, clean_sig, next_gen) = match keep {
+            Some((_, lower_id, dir)) => {
+                let layer = Layer {
+                    dir,
+                    lower_id,
+                    _lower: lower,
+                };
+                let clean = std::fs::read_to_string(layer.clean_file())
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                (layer, clean, next_gen)
+            }
+            None => {
+                let layer = new_layer(&layers, next_gen, rec.lower, lower)?;
+                (layer, None, next_gen + 1)
+            }
+        };
+        sys::overlay(&anchor._lower.path, &anchor.upper(), &anchor.work())
+            .and_then(|m| m.attach(mountpoint, false))
+            .map_err(mount_err(format!(
+                "mount an overlay at {}",
+                mountpoint.display()
+            )))?;
+        // Binds of the mountpoint made with slave propagation follow later checkouts.
+        if let Err(e) = nix::mount::mount(
+            None::<&str>,
+            mountpoint,
+            None::<&str>,
+            nix::mount::MsFlags::MS_SHARED,
+            None::<&str>,
+        ) {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "could not make the workspace a shared mount; binds will not follow checkouts");
+        }
+        let ws = OverlayWorkspace {
+            repo,
+            lowers,
+            id,
+            mountpoint: mountpoint.to_path_buf(),
+            layers,
+            st: Mutex::new(State {
+                base: rec.base,
+                anchor,
+                current: None,
+                next_gen,
+                clean_sig,
+                mounted: true,
+            }),
+        };
+        {
+            let mut st = ws.st.lock();
+            if st.clean_sig.is_none() && rec.lower == rec.base {
+                // A layer over the base with nothing in its upper is clean.
+                let sig = scan::scan(&st.anchor.upper(), false)?.sig;
+                if is_empty_dir(&st.anchor.upper()) {
+                    st.clean_sig = Some(sig);
+                }
+            }
+        }
+        Ok(ws)
+    }
+
+    fn sig(&self, st: &State) -> Result<u64> {
+        Ok(scan::scan(&st.layer().upper(), false)?.sig)
+    }
+
+    fn is_dirty(&self, st: &State) -> Result<bool> {
+        Ok(match st.clean_sig {
+            Some(clean) => self.sig(st)? != clean,
+            None => true,
+        })
+    }
+
+    fn record_clean(st: &mut State, sig: u64) {
+        st.clean_sig = Some(sig);
+        let _ = std::fs::write(st.layer().clean_file(), sig.to_string());
+    }
+
+    fn do_snapshot(
+        &self,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Snapshot> {
+        let mut st = self.st.lock();
+        let layer = st.layer();
+        let scan = scan::scan(&layer.upper(), true)?;
+        let s = self.repo.commit_edits(
+            layer.lower_id,
+            st.base,
+            &scan.edits,
+            label,
+            annotations,
+            Some(self.id),
+        )?;
+        st.base = Some(s.id);
+        Self::record_clean(&mut st, scan.sig);
+        Ok(s)
+    }
+
+    fn do_checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {
+        let mut st = self.st.lock();
+        if !discard && self.is_dirty(&st)? {
+            return Err(helios_snapshot::Error::Dirty(self.id).into());
+        }
+        self.repo.snapshot(id)?;
+        let lower = self.lowers.get(Some(id))?;
+        let layer = new_layer(&self.layers, st.next_gen, Some(id), lower)?;
+        st.next_gen += 1;
+        let old = (st.base, st.layer().lower_id);
+        // The record first: a crash after it mounts the new layer at the restart.
+        if let Err(e) = self.repo.rebase_workspace(self.id, Some(id), Some(id)) {
+            remove_later(layer.dir);
+            return Err(e.into());
+        }
+        let beneath = st.current.is_some();
+        let attached = sys::overlay(&layer._lower.path, &layer.upper(), &layer.work())
+            .and_then(|m| m.attach(&self.mountpoint, beneath));
+        if let Err(e) = attached {
+            let _ = self.repo.rebase_workspace(self.id, old.0, old.1);
+            remove_later(layer.dir);
+            return Err(mount_err(format!(
+                "mount an overlay at {}",
+                self.mountpoint.display()
+            ))(e));
+        }
+        if beneath {
+            // The previous layer was on top: detach it, and the new one shows.
+            if let Err(e) = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH) {
+                tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "could not detach the previous overlay");
+            }
+        }
+        if let Some(prev) = st.current.replace(layer) {
+            remove_later(prev.dir.clone());
+        }
+        st.base = Some(id);
+        let sig = self.sig(&st)?;
+        Self::record_clean(&mut st, sig);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<()> {
+        let mut st = self.st.lock();
+        if !st.mounted {
+            return Ok(());
+        }
+        st.mounted = false;
+        let layers = 1 + usize::from(st.current.is_some());
+        let mut busy = None;
+        for _ in 0..layers {
+            if let Err(e) = nix::mount::umount2(&self.mountpoint, MntFlags::empty()) {
+                busy = Some(e);
+                let _ = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH);
+            }
+        }
+        match busy {
+            Some(e) => Err(mount_err(format!("unmount {}", self.mountpoint.display()))(
+                e.into(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// A new layer directory over `lower`, its upper root carrying the lower root's
+/// attributes (the overlay's root shows the upper root's).
+fn new_layer(
+    layers: &Path,
+    gen_: u64,
+    lower_id: Option<SnapshotId>,
+    lower: Arc<Lower>,
+) -> Result<Layer> {
+    let dir = layers.join(format!("{gen_}.{}", key(lower_id)));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layer = Layer {
+        dir,
+        lower_id,
+        _lower: lower,
+    };
+    for d in [layer.upper(), layer.work()] {
+        std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
+    }
+    let root = &layer._lower.path;
+    let m = std::fs::symlink_metadata(root).map_err(io(format!("stat {}", root.display())))?;
+    let a = helios_snapshot::host_attrs(root, &m)?;
+    let upper = layer.upper();
+    std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))
+        .map_err(io(format!("chown {}", upper.display())))?;
+    std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(a.mode))
+        .map_err(io(format!("chmod {}", upper.display())))?;
+    for (name, value) in &a.xattrs {
+        use std::os::unix::ffi::OsStrExt;
+        xattr::set(&upper, std::ffi::OsStr::from_bytes(name), value)
+            .map_err(io(format!("set xattrs of {}", upper.display())))?;
+    }
+    // The layer is complete: a crash before this point leaves a directory that the
+    // next mount ignores or removes.
+    Ok(layer)
+}
+
+/// Removes a layer directory off the caller's thread (deleting many files is slow on
+/// some disks).
+fn remove_later(dir: PathBuf) {
+    let _ = std::thread::Builder::new()
+        .name("helios-layer-rm".into())
+        .spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove an old overlay layer");
+            }
+        });
+}
+
+impl MountedWorkspace for OverlayWorkspace {
+    fn engine(&self) -> Engine {
+        Engine::Overlay
+    }
+
+    fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { passthrough: false }
+    }
+
+    fn base(&self) -> Option<SnapshotId> {
+        self.st.lock().base
+    }
+
+    fn dirty(&self) -> bool {
+        let st = self.st.lock();
+        self.is_dirty(&st).unwrap_or(true)
+    }
+
+    fn snapshot(
+        &self,
+        label: Option<String>,
+        annotations: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Snapshot> {
+        self.do_snapshot(label, annotations)
+    }
+
+    fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {
+        self.do_checkout(id, discard)
+    }
+
+    fn save(&self) -> Result<()> {
+        // The upperdir is the workspace's state; make it durable.
+        let st = self.st.lock();
+        let upper = st.layer().upper();
+        let f = std::fs::File::open(&upper).map_err(io(format!("open {}", upper.display())))?;
+        nix::unistd::syncfs(&f).map_err(|e| io(format!("syncfs {}", upper.display()))(e.into()))?;
+        Ok(())
+    }
+
+    fn unmount(self: Box<Self>) -> Result<()> {
+        self.stop()
+    }
+}
+
+impl Drop for OverlayWorkspace {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

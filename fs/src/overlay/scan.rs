@@ -1,0 +1,195 @@
+//! Reading an overlay upperdir as an edit list over its lower snapshot: every entry in
+//! the upper is a change (whiteouts delete, opaque directories replace, other
+//! directories merge), so a scan costs O(entries in the upper), never O(tree).
+
+use std::fs::{self, Metadata};
+use std::hash::{Hash as _, Hasher};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use helios_snapshot::tree::{Attrs, EntryKind};
+use helios_snapshot::{Edit, Edits, Special};
+
+use crate::{Error, Result};
+
+/// What a scan found.
+pub(crate) struct Scan {
+    /// The changes, when asked for.
+    pub edits: Edits,
+    /// A fingerprint of the upper's metadata (names, inode numbers, ctimes): equal
+    /// fingerprints mean nothing was written in between (every write, chmod, link,
+    /// rename or delete moves a ctime).
+    pub sig: u64,
+}
+
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{what} {}", path.display());
+    move |e| Error::Core(helios_snapshot::Error::io(context, e))
+}
+
+/// True for an overlay whiteout: a character device 0/0.
+fn is_whiteout(m: &Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+/// The attributes a snapshot stores for an upper entry: the overlay's own xattrs
+/// (`trusted.overlay.*`, `user.overlay.*`) are the engine's bookkeeping, not the file's.
+fn attrs(path: &Path, m: &Metadata) -> Result<Attrs> {
+    let mut a = helios_snapshot::host_attrs(path, m)?;
+    a.xattrs
+        .retain(|(n, _)| !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay."));
+    Ok(a)
+}
+
+fn opaque(path: &Path) -> bool {
+    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+fn sig_of(h: &mut impl Hasher, rel: &str, m: &Metadata) {
+    rel.hash(h);
+    (m.ino(), m.mode(), m.size(), m.ctime(), m.ctime_nsec()).hash(h);
+    (m.mtime(), m.mtime_nsec()).hash(h);
+}
+
+/// Scans `upper`; with `edits`, builds the edit list too (otherwise only the
+/// fingerprint, which needs no xattr reads).
+pub(crate) fn scan(upper: &Path, edits: bool) -> Result<Scan> {
+    let mut out = Edits::new();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let m = fs::symlink_metadata(upper).map_err(io("stat", upper))?;
+    sig_of(&mut h, "", &m);
+    if edits {
+        out.set(
+            "",
+            Edit::Dir {
+                attrs: attrs(upper, &m)?,
+                opaque: false,
+            },
+        )?;
+    }
+    walk(upper, "", Some(""), &mut out, &mut h, edits)?;
+    Ok(Scan {
+        edits: out,
+        sig: h.finish(),
+    })
+}
+
+/// Where a directory of the upper merges with the lower layer: its own path, or where an
+/// overlay `redirect` says it was moved from (absolute from the lower root, or a name in
+/// the parent's lower directory); `None` for an opaque one.
+fn lower_path(path: &Path, parent_lower: Option<&str>, name: &str) -> (Option<String>, bool) {
+    if opaque(path) {
+        return (None, false);
+    }
+    let join = |n: &str| {
+        parent_lower.map(|p| {
+            if p.is_empty() {
+                n.to_string()
+            } else {
+                format!("{p}/{n}")
+            }
+        })
+    };
+    match xattr::get(path, "trusted.overlay.redirect") {
+        Ok(Some(r)) => {
+            let r = String::from_utf8_lossy(&r).into_owned();
+            match r.strip_prefix('/') {
+                Some(abs) => (Some(abs.trim_end_matches('/').to_string()), true),
+                None => (join(&r), true),
+            }
+        }
+        _ => (join(name), false),
+    }
+}
+
+fn walk(
+    dir: &Path,
+    rel: &str,
+    lower: Option<&str>,
+    out: &mut Edits,
+    h: &mut impl Hasher,
+    edits: bool,
+) -> Result<()> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(io("read", dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io("read", dir))?;
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let rel = if rel.is_empty() {
+            String::from_utf8_lossy(name.as_bytes()).into_owned()
+        } else {
+            format!("{rel}/{}", String::from_utf8_lossy(name.as_bytes()))
+        };
+        if std::str::from_utf8(name.as_bytes()).is_err() {
+            return Err(Error::Unsupported(format!(
+                "{}: names that are not UTF-8 are not supported by the overlay engine yet",
+                path.display()
+            )));
+        }
+        let m = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Deleted meanwhile: a later snapshot sees the whiteout.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("stat", &path)(e)),
+        };
+        sig_of(h, &rel, &m);
+        let ft = m.file_type();
+        if ft.is_dir() {
+            let name = String::from_utf8_lossy(name.as_bytes());
+            let (child_lower, moved) = lower_path(&path, lower, &name);
+            if edits {
+                let attrs = attrs(&path, &m)?;
+                let edit = match (&child_lower, moved) {
+                    (Some(from), true) => Edit::MovedDir {
+                        attrs,
+                        from: from.clone(),
+                    },
+                    (lower, _) => Edit::Dir {
+                        attrs,
+                        opaque: lower.is_none(),
+                    },
+                };
+                out.set(&rel, edit)?;
+            }
+            walk(&path, &rel, child_lower.as_deref(), out, h, edits)?;
+            continue;
+        }
+        if !edits {
+            continue;
+        }
+        let edit = if is_whiteout(&m) {
+            Edit::Delete
+        } else if ft.is_file() {
+            Edit::File {
+                attrs: attrs(&path, &m)?,
+                source: path.clone(),
+            }
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(io("readlink", &path))?;
+            Edit::Entry(EntryKind::Symlink {
+                attrs: attrs(&path, &m)?,
+                target: target.as_os_str().as_bytes().to_vec(),
+            })
+        } else {
+            let special = if ft.is_fifo() {
+                Special::Fifo
+            } else if ft.is_char_device() {
+                Special::Char(m.rdev())
+            } else if ft.is_block_device() {
+                Special::Block(m.rdev())
+            } else {
+                Special::Socket
+            };
+            Edit::Entry(EntryKind::Special {
+                attrs: attrs(&path, &m)?,
+                special,
+            })
+        };
+        out.set(&rel, edit)?;
+    }
+    Ok(())
+}

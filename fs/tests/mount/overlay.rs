@@ -1,0 +1,356 @@
+//! The overlay engine: the same operation sequences through a fuse workspace and an
+//! overlay workspace over the same snapshot give identical snapshot roots (through
+//! snapshots and checkouts); a sandbox holding a slave bind of the mountpoint follows
+//! checkouts; a remount finds the upperdir it left; the fallback is explicit.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use helios_fs::{Engine, EngineChoice, Engines, MountOptions, MountedWorkspace};
+use helios_snapshot::{Repo, SnapshotId};
+use proptest::prelude::*;
+
+use super::tree;
+
+/// A repo, its engines and mounted workspaces; dropping it unmounts them all.
+struct Host {
+    mounts: Vec<Box<dyn MountedWorkspace>>,
+    engines: Engines,
+    repo: Arc<Repo>,
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open repo"));
+        let engines = Engines::new(repo.clone(), MountOptions::default());
+        if let Some(why) = engines.overlay_unavailable() {
+            panic!("the overlay engine must work here (root, overlayfs): {why}");
+        }
+        Host {
+            mounts: Vec::new(),
+            engines,
+            repo,
+            dir,
+        }
+    }
+
+    /// Mounts a new workspace over `from` with `engine`; returns its index.
+    fn mount(&mut self, engine: Engine, from: Option<SnapshotId>) -> usize {
+        let path = self.dir.path().join(format!("m{}", self.mounts.len()));
+        fs::create_dir(&path).expect("mkdir mountpoint");
+        let ws = self
+            .repo
+            .create_workspace(from, false, Default::default())
+            .expect("workspace");
+        let m = self
+            .engines
+            .mount(engine, ws.id(), &path)
+            .expect("mount (needs root, /dev/fuse, overlayfs)");
+        self.mounts.push(m);
+        self.mounts.len() - 1
+    }
+
+    fn path(&self, i: usize) -> PathBuf {
+        self.mounts[i].mountpoint().to_path_buf()
+    }
+
+    fn snapshot(&self, i: usize) -> helios_snapshot::Snapshot {
+        self.mounts[i]
+            .snapshot(None, Default::default())
+            .expect("snapshot")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for m in self.mounts.drain(..).rev() {
+            let _ = m.unmount();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(usize, u16, Vec<u8>),
+    Truncate(usize, u16),
+    Mkdir(usize),
+    Rmdir(usize),
+    Unlink(usize),
+    /// `rm -rf`, then often a new directory in its place (an opaque one over a lower).
+    RmTree(usize),
+    Move(usize, usize),
+    Symlink(usize, usize),
+    Link(usize, usize),
+    Chmod(usize, u32),
+    Chown(usize, u32),
+    SetXattr(usize, u8),
+    RemoveXattr(usize),
+    /// Snapshot both, compare, go on.
+    Snapshot,
+}
+
+const PATHS: &[&str] = &["a", "b", "a/x", "a/y", "b/x", "a/y/q", "c"];
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 0..PATHS.len();
+    prop_oneof![
+        4 => (p.clone(), 0u16..2000, prop::collection::vec(any::<u8>(), 1..64)).prop_map(|(a, o, d)| Op::Write(a, o, d)),
+        1 => (p.clone(), 0u16..500).prop_map(|(a, s)| Op::Truncate(a, s)),
+        2 => p.clone().prop_map(Op::Mkdir),
+        1 => p.clone().prop_map(Op::Rmdir),
+        2 => p.clone().prop_map(Op::Unlink),
+        2 => p.clone().prop_map(Op::RmTree),
+        2 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Move(a, b)),
+        1 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Symlink(a, b)),
+        1 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Link(a, b)),
+        1 => (p.clone(), prop::sample::select(vec![0o644u32, 0o600, 0o755, 0o4755])).prop_map(|(a, m)| Op::Chmod(a, m)),
+        1 => (p.clone(), prop::sample::select(vec![0u32, 1000])).prop_map(|(a, u)| Op::Chown(a, u)),
+        1 => (p.clone(), any::<u8>()).prop_map(|(a, v)| Op::SetXattr(a, v)),
+        1 => p.clone().prop_map(Op::RemoveXattr),
+        1 => Just(Op::Snapshot),
+    ]
+}
+
+fn apply(root: &Path, op: &Op) -> Result<(), i32> {
+    let p = |i: usize| root.join(PATHS[i]);
+    let r = match op {
+        Op::Write(i, off, data) => fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p(*i))
+            .and_then(|f| f.write_all_at(data, *off as u64)),
+        Op::Truncate(i, size) => fs::OpenOptions::new()
+            .write(true)
+            .open(p(*i))
+            .and_then(|f| f.set_len(*size as u64)),
+        Op::Mkdir(i) => fs::create_dir(p(*i)),
+        Op::Rmdir(i) => fs::remove_dir(p(*i)),
+        Op::Unlink(i) => fs::remove_file(p(*i)),
+        Op::RmTree(i) => match fs::symlink_metadata(p(*i)) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p(*i)),
+            _ => fs::remove_file(p(*i)),
+        },
+        Op::Move(a, b) => fs::rename(p(*a), p(*b)),
+        Op::Symlink(a, b) => std::os::unix::fs::symlink(PATHS[*a], p(*b)),
+        Op::Link(a, b) => fs::hard_link(p(*a), p(*b)),
+        Op::Chmod(i, mode) => fs::set_permissions(p(*i), fs::Permissions::from_mode(*mode)),
+        Op::Chown(i, uid) => std::os::unix::fs::lchown(p(*i), Some(*uid), Some(*uid)),
+        Op::SetXattr(i, v) => xattr::set(p(*i), "user.k", &[*v]),
+        Op::RemoveXattr(i) => xattr::remove(p(*i), "user.k"),
+        Op::Snapshot => Ok(()),
+    };
+    r.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// A move of one name of a file onto another name of the same file.
+fn same_file_move(root: &Path, op: &Op) -> bool {
+    let Op::Move(a, b) = op else { return false };
+    let ino = |i: usize| {
+        fs::symlink_metadata(root.join(PATHS[i]))
+            .map(|m| m.ino())
+            .ok()
+    };
+    a != b && ino(*a).is_some() && ino(*a) == ino(*b)
+}
+
+/// The base both workspaces start from: lower files and directories for the
+/// operations to change, delete and move.
+fn base(repo: &Repo) -> SnapshotId {
+    let src = tempfile::tempdir().expect("tempdir");
+    let s = src.path();
+    fs::create_dir_all(s.join("a/y")).expect("mkdir");
+    fs::write(s.join("a/x"), b"lower a/x").expect("write");
+    fs::write(s.join("a/y/q"), b"lower a/y/q").expect("write");
+    fs::write(s.join("b"), b"lower b").expect("write");
+    xattr::set(s.join("b"), "user.k", b"lower").expect("xattr");
+    repo.import(s, None).expect("import").id
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn both_engines_take_identical_snapshots(ops in prop::collection::vec(op(), 1..40)) {
+        let mut h = Host::new();
+        let s0 = base(&h.repo);
+        let f = h.mount(Engine::Fuse, Some(s0));
+        let o = h.mount(Engine::Overlay, Some(s0));
+        let (fp, op_) = (h.path(f), h.path(o));
+        let mut snaps = Vec::new();
+        for (n, step) in ops.iter().enumerate() {
+            if same_file_move(&fp, step) {
+                // Known difference: an overlay (index=off) answers ESTALE to a rename of
+                // a hard link onto another name of the same file; POSIX says no-op.
+                continue;
+            }
+            let rf = apply(&fp, step);
+            let ro = apply(&op_, step);
+            prop_assert_eq!(rf, ro, "step {} {:?}", n, step);
+            if matches!(step, Op::Snapshot) {
+                let (a, b) = (h.snapshot(f), h.snapshot(o));
+                prop_assert_eq!(a.root, b.root, "snapshot after step {} differs", n);
+                prop_assert!(!h.mounts[o].dirty(), "clean after a snapshot");
+                snaps.push((a.id, b.id));
+            }
+        }
+        prop_assert_eq!(tree(&fp), tree(&op_));
+        let (a, b) = (h.snapshot(f), h.snapshot(o));
+        prop_assert_eq!(a.root, b.root, "final snapshot differs");
+        // Back to an earlier snapshot in place, then more changes: still identical.
+        if let Some((sf, so)) = snaps.first().copied() {
+            h.mounts[f].checkout(sf, true).expect("checkout fuse");
+            h.mounts[o].checkout(so, true).expect("checkout overlay");
+            prop_assert_eq!(tree(&fp), tree(&op_));
+            for step in ops.iter().rev().take(8).filter(|s| !same_file_move(&fp, s)) {
+                prop_assert_eq!(apply(&fp, step), apply(&op_, step));
+            }
+            let (a, b) = (h.snapshot(f), h.snapshot(o));
+            prop_assert_eq!(a.root, b.root, "snapshot after a checkout differs");
+        }
+    }
+}
+
+#[test]
+fn overlay_snapshot_checkout_dirty_and_remount() {
+    let mut h = Host::new();
+    let s0 = base(&h.repo);
+    let o = h.mount(Engine::Overlay, Some(s0));
+    let m = h.path(o);
+    assert!(!h.mounts[o].dirty(), "a fresh fork is clean");
+    assert_eq!(
+        fs::read(m.join("a/y/q")).expect("lower read"),
+        b"lower a/y/q"
+    );
+    fs::write(m.join("new"), b"one").expect("write");
+    assert!(h.mounts[o].dirty());
+    let s1 = h.snapshot(o);
+    assert!(!h.mounts[o].dirty());
+    fs::write(m.join("new"), b"two").expect("write");
+    let e = h.mounts[o].checkout(s0, false).expect_err("dirty");
+    assert!(e.to_string().contains("uncommitted"), "{e}");
+    h.mounts[o].checkout(s0, true).expect("checkout discard");
+    assert!(!m.join("new").exists(), "checkout shows the old snapshot");
+    h.mounts[o].checkout(s1.id, false).expect("checkout");
+    assert_eq!(fs::read(m.join("new")).expect("read"), b"one");
+    fs::write(m.join("later"), b"kept across a remount").expect("write");
+    // Unmount and mount again, as a daemon restart does: the upperdir is the state.
+    let id = h.repo.workspaces().expect("list")[0].id;
+    let mounted = h.mounts.pop().expect("mounted");
+    mounted.unmount().expect("unmount");
+    let again = h
+        .engines
+        .mount(Engine::Overlay, id, &m)
+        .expect("mount again");
+    assert_eq!(
+        fs::read(m.join("later")).expect("read"),
+        b"kept across a remount"
+    );
+    assert!(again.dirty());
+    let s2 = again.snapshot(None, Default::default()).expect("snapshot");
+    assert_eq!(s2.parent, Some(s1.id));
+    assert!(!again.dirty());
+    h.mounts.push(again);
+    // Pruning what a mounted lower layer shows is refused.
+    let e = h.repo.prune(s1.id, false).expect_err("in use");
+    assert!(e.to_string().contains("in use"), "{e}");
+}
+
+#[test]
+fn a_sandbox_with_a_slave_bind_follows_checkouts() {
+    let mut h = Host::new();
+    let src = tempfile::tempdir().expect("tempdir");
+    let mut snaps = Vec::new();
+    for word in ["one", "two", "three"] {
+        fs::write(src.path().join("f"), word).expect("write");
+        snaps.push(h.repo.import(src.path(), None).expect("import").id);
+    }
+    let o = h.mount(Engine::Overlay, Some(snaps[0]));
+    let m = h.path(o);
+    let bind = h.dir.path().join("sandbox-view");
+    fs::create_dir(&bind).expect("mkdir");
+    let stop = h.dir.path().join("stop");
+    let script = format!(
+        "mount --rbind {m} {b} && mount --make-rslave {b} && echo ready && \
+         while [ ! -e {s} ]; do cat {b}/f; echo; sleep 0.02; done",
+        m = m.display(),
+        b = bind.display(),
+        s = stop.display()
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "slave", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut wait_for = |want: &str| {
+        for line in lines.by_ref() {
+            if line.expect("line") == want {
+                return;
+            }
+        }
+        panic!("the sandbox never saw {want:?}");
+    };
+    wait_for("ready");
+    wait_for("one");
+    h.mounts[o].checkout(snaps[1], true).expect("checkout");
+    assert_eq!(fs::read(m.join("f")).expect("read"), b"two");
+    wait_for("two");
+    h.mounts[o].checkout(snaps[2], true).expect("checkout");
+    wait_for("three");
+    h.mounts[o].checkout(snaps[0], true).expect("checkout");
+    wait_for("one");
+    fs::write(&stop, b"").expect("stop");
+    drop(lines);
+    let _ = child.wait();
+}
+
+#[test]
+fn the_fallback_is_explicit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open repo"));
+    let engines = Engines::without_overlay(repo, MountOptions::default());
+    let why = engines.overlay_unavailable().expect("switched off");
+    assert!(why.contains("switched off"), "{why}");
+    let e = engines
+        .resolve(EngineChoice::Exactly(Engine::Overlay))
+        .expect_err("refused");
+    assert!(e.to_string().contains("cannot work here"), "{e}");
+    let (engine, reason) = engines.resolve(EngineChoice::Auto).expect("auto");
+    assert_eq!(engine, Engine::Fuse);
+    assert!(reason.contains("overlay unavailable"), "{reason}");
+}
+
+#[test]
+fn an_empty_fork_remounts_over_the_empty_lower() {
+    let mut h = Host::new();
+    let o = h.mount(Engine::Overlay, None);
+    let m = h.path(o);
+    fs::write(m.join("f"), b"first").expect("write");
+    let s1 = h.snapshot(o);
+    fs::write(m.join("g"), b"second").expect("write");
+    let id = h.repo.workspaces().expect("list")[0].id;
+    h.mounts.pop().expect("mounted").unmount().expect("unmount");
+    // The record now stands on s1 while its layer stands on the empty tree.
+    let again = h
+        .engines
+        .mount(Engine::Overlay, id, &m)
+        .expect("mount again");
+    assert_eq!(fs::read(m.join("f")).expect("read"), b"first");
+    assert_eq!(fs::read(m.join("g")).expect("read"), b"second");
+    let s2 = again.snapshot(None, Default::default()).expect("snapshot");
+    assert_eq!(s2.parent, Some(s1.id));
+    let names: Vec<_> = h
+        .repo
+        .diff(s1.id, s2.id)
+        .expect("diff")
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(names, ["g"]);
+    h.mounts.push(again);
+}

@@ -1,0 +1,91 @@
+//! The overlay engine through the daemon: fork, write, snapshot, checkout, kill -9 and
+//! restart, delete; and the forced fallback.
+
+use std::fs;
+
+use super::{Daemon, is_mounted};
+
+#[test]
+fn overlay_workspaces_live_through_the_daemon_and_a_kill_9() {
+    let mut d = Daemon::start();
+    let src = d.path("src");
+    fs::create_dir_all(src.join("dir")).expect("mkdir");
+    fs::write(src.join("dir/lower"), "from the snapshot").expect("write");
+    let s0 = d.json(&["import", src.to_str().expect("utf8")]);
+    let s0 = s0["id"].as_str().expect("id").to_string();
+    let mp = d.path("ws");
+    fs::create_dir(&mp).expect("mkdir");
+    let mps = mp.to_str().expect("utf8");
+    let w = d.json(&["mount", mps, "--from", &s0, "--engine", "overlay"]);
+    assert_eq!(w["engine"], "overlay", "{w}");
+    assert_eq!(w["dirty"], false, "{w}");
+    assert_eq!(
+        fs::read_to_string(mp.join("dir/lower")).expect("read"),
+        "from the snapshot"
+    );
+    fs::write(mp.join("dir/lower"), "changed").expect("write");
+    fs::write(mp.join("new"), "new").expect("write");
+    let s1 = d.json(&["snapshot", mps, "--label", "one"]);
+    assert_eq!(s1["parent"], s0.as_str(), "{s1}");
+    let diff = d.ok(&["diff", &s0, s1["id"].as_str().expect("id")]);
+    assert!(
+        diff.contains("M dir/lower") && diff.contains("A new"),
+        "{diff}"
+    );
+    // Written after the snapshot and fsynced: the upperdir is on disk.
+    let f = fs::File::create(mp.join("synced")).expect("create");
+    std::io::Write::write_all(&mut &f, b"durable").expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    d.kill9();
+    d.spawn();
+    assert!(is_mounted(&mp), "restart mounts again:\n{}", d.log());
+    assert_eq!(
+        fs::read_to_string(mp.join("synced")).expect("read"),
+        "durable"
+    );
+    assert_eq!(
+        fs::read_to_string(mp.join("dir/lower")).expect("read"),
+        "changed"
+    );
+    let ws = d.json(&["ls"]);
+    assert_eq!(ws[0]["engine"], "overlay");
+    assert_eq!(ws[0]["base"], s1["id"]);
+    assert_eq!(ws[0]["dirty"], true);
+    let out = d.cli(&["checkout", mps, &s0]);
+    assert!(!out.status.success(), "dirty: refused");
+    d.ok(&["checkout", mps, &s0, "--discard"]);
+    assert_eq!(
+        fs::read_to_string(mp.join("dir/lower")).expect("read"),
+        "from the snapshot"
+    );
+    assert!(!mp.join("synced").exists());
+    assert!(d.ok(&["fsck"]).starts_with("ok"), "fsck");
+    d.ok(&["unmount", mps]);
+    assert!(!is_mounted(&mp), "unmount removes every layer");
+    assert_eq!(d.json(&["ls"]).as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn the_fallback_can_be_forced_and_says_why() {
+    let mut d = Daemon::start();
+    d.stop();
+    d.serve_env.push(("HELIOS_NO_OVERLAY".into(), "1".into()));
+    d.spawn();
+    let mp = d.path("ws");
+    fs::create_dir(&mp).expect("mkdir");
+    let mps = mp.to_str().expect("utf8");
+    let out = d.cli(&["mount", mps, "--engine", "overlay"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HELIOS_NO_OVERLAY"), "{err}");
+    assert!(!is_mounted(&mp), "nothing half-mounted");
+    let w = d.json(&["mount", mps]);
+    assert_eq!(w["engine"], "fuse");
+    assert!(
+        w["engine_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("HELIOS_NO_OVERLAY")),
+        "{w}"
+    );
+}
