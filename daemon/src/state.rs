@@ -343,6 +343,7 @@ impl Daemon {
                 Err(m) => drop(m),
             }
         }
+        self.engines.shutdown();
         if let Err(e) = self.repo.close() {
             tracing::error!(error = %e, "closing the store failed");
         }

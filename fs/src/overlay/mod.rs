@@ -85,7 +85,13 @@ pub struct Lowers {
     dir: PathBuf,
     opts: MountOptions,
     open: Mutex<HashMap<Option<SnapshotId>, Weak<Lower>>>,
+    /// The views used last stay mounted while no workspace uses them (a search tree
+    /// returns to the same nodes: a checkout back to one then needs no new mount).
+    recent: Mutex<std::collections::VecDeque<Arc<Lower>>>,
 }
+
+/// How many views stay mounted unused (each is a FUSE session with its threads).
+const RECENT_VIEWS: usize = 16;
 
 impl Lowers {
     /// The lower layers of `repo`; stale views left by a killed daemon are detached.
@@ -108,13 +114,37 @@ impl Lowers {
             dir,
             opts,
             open: Mutex::new(HashMap::new()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Unmounts the views no workspace uses (a clean stop of the daemon).
+    pub fn shutdown(&self) {
+        let recent: Vec<Arc<Lower>> = self.recent.lock().drain(..).collect();
+        for l in recent {
+            if let Ok(l) = Arc::try_unwrap(l) {
+                let mount = l.mount.lock().take();
+                if let Some(m) = mount {
+                    let _ = m.unmount();
+                    let _ = std::fs::remove_dir(&l.path);
+                }
+            }
+        }
+    }
+
+    fn touch(&self, l: &Arc<Lower>) {
+        let mut recent = self.recent.lock();
+        recent.retain(|r| !Arc::ptr_eq(r, l));
+        recent.push_front(l.clone());
+        recent.truncate(RECENT_VIEWS);
     }
 
     /// The view of snapshot `id`, mounting it if no workspace uses it yet.
     pub(crate) fn get(&self, id: Option<SnapshotId>) -> Result<Arc<Lower>> {
         let mut open = self.open.lock();
         if let Some(l) = open.get(&id).and_then(Weak::upgrade) {
+            drop(open);
+            self.touch(&l);
             return Ok(l);
         }
         // A path of its own: the unmount of a released view runs in the background and
@@ -133,6 +163,8 @@ impl Lowers {
         });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(id, Arc::downgrade(&l));
+        drop(open);
+        self.touch(&l);
         Ok(l)
     }
 }
