@@ -117,7 +117,7 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = if quick { 5 } else { 300 };
     let d = Daemon::start();
-    let (ws, mp) = d.mount("main", None);
+    let (ws, mp) = d.mount_with("main", None, "fuse");
 
     // Snapshot of a small change.
     let mut snaps = Vec::new();
@@ -168,7 +168,7 @@ fn main() {
             &d.socket,
             "POST",
             "/v1/workspaces",
-            &format!("{{\"mountpoint\": {mp:?}, \"from\": \"{b}\"}}"),
+            &format!("{{\"mountpoint\": {mp:?}, \"from\": \"{b}\", \"engine\": \"fuse\"}}"),
         );
         samples.push(t.elapsed());
         assert_eq!(st, 201, "{body}");
@@ -211,7 +211,7 @@ fn main() {
     let took = start.elapsed();
     println!(
         "{:<40} {} snapshots in {took:.2?} = {:.0} snapshots/s",
-        format!("{clients} concurrent clients"),
+        format!("{clients} concurrent clients (auto)"),
         clients * per,
         (clients * per) as f64 / took.as_secs_f64()
     );
@@ -273,7 +273,7 @@ fn import_tree(d: &Daemon, files: usize) -> String {
 /// (10k and 100k files, and the tip of a long chain).
 fn engines(d: &Daemon, quick: bool) {
     let n = if quick { 3 } else { 200 };
-    let small = import_tree(d, if quick { 200 } else { 10_000 });
+    let small = import_tree(d, if quick { 500 } else { 10_000 });
     for engine in ["fuse", "overlay"] {
         let (ws, mp) = d.mount_with(&format!("tree-{engine}"), Some(&small), engine);
         let mut snaps = Vec::new();

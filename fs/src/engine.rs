@@ -137,20 +137,19 @@ impl Engines {
     /// naming the cause when the engine asked for cannot serve here.
     pub fn resolve(&self, choice: EngineChoice) -> Result<(Engine, String)> {
         match (choice, &self.overlay) {
-            (EngineChoice::Auto, _) => Ok((
-                Engine::Fuse,
-                match &self.overlay {
-                    Ok(()) => "auto: fuse until the overlay engine passes the whole mount suite; ask for overlay to use it".into(),
-                    Err(why) => format!("auto: overlay unavailable ({why})"),
-                },
-            )),
+            (EngineChoice::Auto, Ok(())) => {
+                Ok((Engine::Overlay, "auto: kernel overlayfs works here".into()))
+            }
+            (EngineChoice::Auto, Err(why)) => {
+                Ok((Engine::Fuse, format!("auto: overlay unavailable ({why})")))
+            }
             (EngineChoice::Exactly(Engine::Fuse), _) => Ok((Engine::Fuse, "requested".into())),
             (EngineChoice::Exactly(Engine::Overlay), Ok(())) => {
                 Ok((Engine::Overlay, "requested".into()))
             }
-            (EngineChoice::Exactly(Engine::Overlay), Err(why)) => Err(Error::Unsupported(
-                format!("the overlay engine cannot work here: {why}; use fuse or auto"),
-            )),
+            (EngineChoice::Exactly(Engine::Overlay), Err(why)) => Err(Error::Unsupported(format!(
+                "the overlay engine cannot work here: {why}; use fuse or auto"
+            ))),
         }
     }
 

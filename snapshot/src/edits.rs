@@ -135,7 +135,7 @@ impl ChangeSource for EditSource<'_> {
         let (base, attrs) = match &root.edit {
             Some(Edit::Dir { attrs, opaque }) => {
                 let base_attrs = &self.shared.node(&self.base.node)?.attrs;
-                if *opaque || attrs != base_attrs {
+                if *opaque || !same_attrs(attrs, base_attrs) {
                     changed += 1;
                 }
                 ((!opaque).then_some(self.base.node), attrs.clone())
@@ -216,7 +216,7 @@ fn apply_dir(
                 // entries (an overlay copies up every directory on a changed path)
                 // changes nothing by itself.
                 let same = match sub {
-                    Some(h) => shared.node(&h)?.attrs == *attrs,
+                    Some(h) => same_attrs(&shared.node(&h)?.attrs, attrs),
                     None => false,
                 };
                 let t = apply_dir(
@@ -278,6 +278,12 @@ fn apply_dir(
     }
     let refs: Vec<(&Name, EntryRef<'_>)> = entries.iter().map(|(n, k)| (n, k.as_ref())).collect();
     tree::encode_dir(&attrs, &refs).store(w)
+}
+
+/// Equal but for the mtime, which a directory's new entries move and which is outside
+/// the fingerprint: such a directory is not a changed path by itself.
+fn same_attrs(a: &Attrs, b: &Attrs) -> bool {
+    (a.mode, a.uid, a.gid, &a.xattrs) == (b.mode, b.uid, b.gid, &b.xattrs)
 }
 
 /// The node of the directory at `path` below `root`.

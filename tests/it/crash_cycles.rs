@@ -163,7 +163,9 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
     let mut spaces: Vec<Ws> = Vec::new();
     for i in 0..3 {
         let mp = d.path(&format!("ws{i}"));
-        d.json(&["mount", mp.to_str().expect("utf8")]);
+        // Both engines, side by side in one daemon.
+        let engine = ["fuse", "overlay"][i % 2];
+        d.json(&["mount", mp.to_str().expect("utf8"), "--engine", engine]);
         spaces.push(Ws {
             mp,
             tree: Tree::new(),
@@ -254,7 +256,16 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
             let (id, target) = snaps[rng.below(snaps.len() as u64) as usize].clone();
             let mp = d.path(&format!("ws{next_mp}"));
             next_mp += 1;
-            let out = d.cli(&["--json", "mount", mp.to_str().expect("utf8"), "--from", &id]);
+            let engine = ["fuse", "overlay"][next_mp % 2];
+            let out = d.cli(&[
+                "--json",
+                "mount",
+                mp.to_str().expect("utf8"),
+                "--from",
+                &id,
+                "--engine",
+                engine,
+            ]);
             if out.status.success() {
                 spaces.push(Ws {
                     mp,

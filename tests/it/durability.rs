@@ -125,7 +125,7 @@ fn a_snapshot_retried_after_a_full_disk_keeps_its_data() {
 fn fsync_in_a_workspace_survives_kill_9() {
     let mut d = Daemon::start_args(&["--journal-interval", "0"]);
     let mp = d.path("ws");
-    d.json(&["mount", mp.to_str().expect("utf8")]);
+    d.json(&["mount", mp.to_str().expect("utf8"), "--engine", "fuse"]);
     fs::write(mp.join("committed-before"), "snapshotted").expect("write");
     d.json(&["snapshot", mp.to_str().expect("utf8")]);
     fs::create_dir(mp.join("db")).expect("mkdir");
@@ -206,7 +206,7 @@ fn fsync_in_a_workspace_survives_kill_9() {
 fn the_background_sync_bounds_what_a_crash_loses() {
     let mut d = Daemon::start_args(&["--journal-interval", "0.2"]);
     let mp = d.path("ws");
-    d.json(&["mount", mp.to_str().expect("utf8")]);
+    d.json(&["mount", mp.to_str().expect("utf8"), "--engine", "fuse"]);
     fs::create_dir(mp.join("dir")).expect("mkdir");
     fs::write(mp.join("dir/never-fsynced"), "written").expect("write");
     std::thread::sleep(Duration::from_millis(1500));
@@ -225,10 +225,16 @@ fn the_background_sync_bounds_what_a_crash_loses() {
 /// after dropping the kernel's caches. Links also go through a snapshot and a restart.
 #[test]
 fn a_hard_link_then_a_checkout_keeps_the_directory_readable() {
+    for engine in ["fuse", "overlay"] {
+        hard_link_then_checkout(engine);
+    }
+}
+
+fn hard_link_then_checkout(engine: &str) {
     let mut d = Daemon::start();
     let mp = d.path("ws");
     let m = mp.to_str().expect("utf8");
-    d.json(&["mount", m]);
+    d.json(&["mount", m, "--engine", engine]);
     fs::create_dir(mp.join("D")).expect("mkdir");
     fs::write(mp.join("D/b"), "hi\n").expect("write");
     let s1 = d.json(&["snapshot", m]);

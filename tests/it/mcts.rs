@@ -20,7 +20,14 @@ fn mcts_cycle_through_the_cli() {
 
     let main = d.path("main");
     let ws = d.json(&["mount", main.to_str().expect("utf8"), "--from", &base_id]);
-    assert_eq!(ws["engine"], "fuse");
+    // `auto`: overlay where the host allows it (CI does), fuse otherwise.
+    assert_eq!(ws["engine"], "overlay", "{ws}");
+    assert!(
+        ws["engine_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("auto")),
+        "{ws}"
+    );
     assert_eq!(ws["base"], base_id.as_str());
     assert_eq!(
         fs::read_to_string(main.join("README")).expect("read"),

@@ -12,7 +12,7 @@ mod tools;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use helios_fs::{Mount, MountOptions};
+use helios_fs::{Engine, Engines, Mount, MountOptions, MountedWorkspace};
 use helios_snapshot::{Repo, SnapshotId, Workspace};
 
 /// A repo and a mounted workspace; dropping it unmounts (even when a test panics).
@@ -71,6 +71,59 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(m) = self.mnt.take() {
+            let _ = m.unmount();
+        }
+    }
+}
+
+/// A repo and one workspace mounted with a chosen engine; dropping it unmounts.
+pub struct EngineFixture {
+    pub mnt: Option<Box<dyn MountedWorkspace>>,
+    pub repo: Arc<Repo>,
+    pub path: PathBuf,
+    _engines: Engines,
+    _dir: tempfile::TempDir,
+}
+
+impl EngineFixture {
+    /// A new empty workspace served by `engine`, mounted.
+    pub fn new(engine: Engine) -> EngineFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open repo"));
+        let engines = Engines::new(repo.clone(), MountOptions::default());
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mkdir mountpoint");
+        let ws = repo
+            .create_workspace(None, false, Default::default())
+            .expect("workspace");
+        let mnt = engines
+            .mount(engine, ws.id(), &path)
+            .expect("mount (needs root, /dev/fuse, overlayfs)");
+        EngineFixture {
+            mnt: Some(mnt),
+            repo,
+            path,
+            _engines: engines,
+            _dir: dir,
+        }
+    }
+
+    pub fn snapshot(&self) -> helios_snapshot::Snapshot {
+        self.mnt
+            .as_ref()
+            .expect("mounted")
+            .snapshot(None, Default::default())
+            .expect("snapshot")
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for EngineFixture {
     fn drop(&mut self) {
         if let Some(m) = self.mnt.take() {
             let _ = m.unmount();

@@ -1,9 +1,32 @@
-//! Real tools inside a mount: git, tar, sqlite3, python.
+//! Real tools inside a mount of each engine: git, tar, sqlite3, python.
 
 use std::path::Path;
 use std::process::Command;
 
-use super::{Fixture, tree};
+use helios_fs::Engine;
+
+use super::{EngineFixture, tree};
+
+/// Runs each test once per engine: `tools::fuse::NAME` and `tools::overlay::NAME`.
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod fuse {
+            $(#[test] fn $name() { super::$name(helios_fs::Engine::Fuse) })*
+        }
+        mod overlay {
+            $(#[test] fn $name() { super::$name(helios_fs::Engine::Overlay) })*
+        }
+    };
+}
+
+both_engines!(
+    git_init_add_commit_status_checkout,
+    tar_extract_thousands_of_files,
+    sqlite_journal_and_wal,
+    python_venv_and_compileall,
+    sed_in_place_and_cp_p_keep_the_mode,
+    cp_a_keeps_attributes_through_a_snapshot,
+);
 
 fn run(dir: &Path, cmd: &str) -> String {
     let out = Command::new("sh")
@@ -21,9 +44,8 @@ fn run(dir: &Path, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn git_init_add_commit_status_checkout() {
-    let fx = Fixture::new();
+fn git_init_add_commit_status_checkout(engine: Engine) {
+    let fx = EngineFixture::new(engine);
     let d = &fx.path;
     run(
         d,
@@ -44,10 +66,7 @@ fn git_init_add_commit_status_checkout() {
     assert_eq!(run(d, "git log --oneline | wc -l").trim(), "1");
     run(d, "git fsck --no-progress");
     // A snapshot of the repository is a repository.
-    let s = fx
-        .mount()
-        .snapshot(None, Default::default())
-        .expect("snapshot");
+    let s = fx.snapshot();
     let out = tempfile::tempdir().expect("tempdir");
     fx.repo.export(s.id, &out.path().join("e")).expect("export");
     run(
@@ -56,14 +75,13 @@ fn git_init_add_commit_status_checkout() {
     );
 }
 
-#[test]
-fn tar_extract_thousands_of_files() {
+fn tar_extract_thousands_of_files(engine: Engine) {
     let src = tempfile::tempdir().expect("tempdir");
     run(
         src.path(),
         "mkdir -p t && for d in $(seq 1 30); do mkdir t/d$d; for f in $(seq 1 100); do echo \"$d/$f\" > t/d$d/f$f; done; done; ln -s d1/f1 t/link; tar -cf t.tar t",
     );
-    let fx = Fixture::new();
+    let fx = EngineFixture::new(engine);
     run(
         &fx.path,
         &format!("tar -xf {}", src.path().join("t.tar").display()),
@@ -74,9 +92,8 @@ fn tar_extract_thousands_of_files() {
     assert_eq!(run(&fx.path, "ls -A | wc -l").trim(), "0");
 }
 
-#[test]
-fn sqlite_journal_and_wal() {
-    let fx = Fixture::new();
+fn sqlite_journal_and_wal(engine: Engine) {
+    let fx = EngineFixture::new(engine);
     for (db, mode) in [("j.db", "DELETE"), ("w.db", "WAL")] {
         let sql = format!(
             "PRAGMA journal_mode={mode}; CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); \
@@ -93,10 +110,7 @@ fn sqlite_journal_and_wal() {
         );
         assert_eq!(count, "1819|260\nok\n", "{mode}");
     }
-    let s = fx
-        .mount()
-        .snapshot(None, Default::default())
-        .expect("snapshot");
+    let s = fx.snapshot();
     let out = tempfile::tempdir().expect("tempdir");
     fx.repo.export(s.id, &out.path().join("e")).expect("export");
     assert_eq!(
@@ -108,9 +122,8 @@ fn sqlite_journal_and_wal() {
     );
 }
 
-#[test]
-fn python_venv_and_compileall() {
-    let fx = Fixture::new();
+fn python_venv_and_compileall(engine: Engine) {
+    let fx = EngineFixture::new(engine);
     run(&fx.path, "python3 -m venv --without-pip venv");
     run(
         &fx.path,
@@ -129,9 +142,8 @@ fn python_venv_and_compileall() {
 
 /// Regression: `sed -i` and `cp -p` copy a file's mode by setting a POSIX access ACL on
 /// the new file; the mode must follow (it stayed 0600, mkstemp's mode, before).
-#[test]
-fn sed_in_place_and_cp_p_keep_the_mode() {
-    let fx = Fixture::new();
+fn sed_in_place_and_cp_p_keep_the_mode(engine: Engine) {
+    let fx = EngineFixture::new(engine);
     run(
         &fx.path,
         "printf 'x\\n' > f && chmod 640 f && sed -i s/x/y/ f && cp -p f g && chmod 751 g && cp -p g h",
@@ -152,8 +164,7 @@ fn sed_in_place_and_cp_p_keep_the_mode() {
 
 /// `cp -a` keeps names, modes, mtimes, sizes and symlinks, in the mount and through a
 /// snapshot and its export.
-#[test]
-fn cp_a_keeps_attributes_through_a_snapshot() {
+fn cp_a_keeps_attributes_through_a_snapshot(engine: Engine) {
     let src = tempfile::tempdir().expect("tempdir");
     run(
         src.path(),
@@ -161,16 +172,13 @@ fn cp_a_keeps_attributes_through_a_snapshot() {
     );
     let listing = "find . -printf '%p %M %TY-%Tm-%Td %TT %s %l\\n' | sort";
     let want = run(&src.path().join("t"), listing);
-    let fx = Fixture::new();
+    let fx = EngineFixture::new(engine);
     run(
         &fx.path,
         &format!("cp -a {} .", src.path().join("t").display()),
     );
     assert_eq!(run(&fx.p("t"), listing), want);
-    let s = fx
-        .mount()
-        .snapshot(None, Default::default())
-        .expect("snapshot");
+    let s = fx.snapshot();
     let out = tempfile::tempdir().expect("tempdir");
     fx.repo.export(s.id, &out.path().join("e")).expect("export");
     assert_eq!(run(&out.path().join("e/t"), listing), want);
