@@ -224,6 +224,9 @@ struct State {
     next_gen: u64,
     /// The upper's fingerprint when it last matched `base`.
     clean_sig: Option<u64>,
+    /// Contents the last snapshots stored for the current layer's upper files: a
+    /// snapshot rehashes only files written since.
+    known: scan::Known,
     mounted: bool,
 }
 
@@ -232,6 +235,9 @@ impl State {
         self.current.as_ref().unwrap_or(&self.anchor)
     }
 }
+
+/// How many upper files' contents a workspace remembers between snapshots.
+const KNOWN_MAX: usize = 1 << 20;
 
 /// A workspace served by the overlay engine.
 #[derive(Debug)]
@@ -346,6 +352,7 @@ impl OverlayWorkspace {
                 current: None,
                 next_gen,
                 clean_sig,
+                known: scan::Known::new(),
                 mounted: true,
             }),
         };
@@ -353,7 +360,7 @@ impl OverlayWorkspace {
             let mut st = ws.st.lock();
             if st.clean_sig.is_none() && rec.lower == rec.base {
                 // A layer over the base with nothing in its upper is clean.
-                let sig = scan::scan(&st.anchor.upper(), false)?.sig;
+                let sig = scan::scan(&st.anchor.upper(), false, &st.known)?.sig;
                 if is_empty_dir(&st.anchor.upper()) {
                     st.clean_sig = Some(sig);
                 }
@@ -363,7 +370,7 @@ impl OverlayWorkspace {
     }
 
     fn sig(&self, st: &State) -> Result<u64> {
-        Ok(scan::scan(&st.layer().upper(), false)?.sig)
+        Ok(scan::scan(&st.layer().upper(), false, &st.known)?.sig)
     }
 
     fn is_dirty(&self, st: &State) -> Result<bool> {
@@ -385,7 +392,7 @@ impl OverlayWorkspace {
     ) -> Result<Snapshot> {
         let mut st = self.st.lock();
         let layer = st.layer();
-        let scan = scan::scan(&layer.upper(), true)?;
+        let scan = scan::scan(&layer.upper(), true, &st.known)?;
         let s = self.repo.commit_edits(
             layer.lower_id,
             st.base,
@@ -396,6 +403,21 @@ impl OverlayWorkspace {
         )?;
         st.base = Some(s.id);
         Self::record_clean(&mut st, scan.sig);
+        // Learn what the commit stored for the files it read, keyed by their stat at
+        // the scan (a file written after it has another ctime, and is read again).
+        if scan.fresh.len() + st.known.len() > KNOWN_MAX {
+            st.known.clear();
+        }
+        for (path, key) in scan.fresh {
+            match self.repo.entry_at(s.id, &path) {
+                Ok(Some(helios_snapshot::tree::EntryKind::File { content, .. })) => {
+                    st.known.insert(path, (key, content));
+                }
+                _ => {
+                    st.known.remove(&path);
+                }
+            }
+        }
         Ok(s)
     }
 
@@ -431,6 +453,7 @@ impl OverlayWorkspace {
                 tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "could not detach the previous overlay");
             }
         }
+        st.known.clear();
         if let Some(prev) = st.current.replace(layer) {
             remove_later(prev.dir.clone());
         }

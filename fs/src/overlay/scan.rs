@@ -8,13 +8,34 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use helios_snapshot::tree::{Attrs, EntryKind};
+use helios_snapshot::tree::{Attrs, Content, EntryKind};
 use helios_snapshot::{Edit, Edits, Special};
 
 use crate::{Error, Result};
 
+/// What identifies a file's content between two scans: a write, truncate or any other
+/// change moves its ctime.
+pub(crate) type StatKey = (u64, u64, i64, i64, i64, i64);
+
+fn stat_key(m: &Metadata) -> StatKey {
+    (
+        m.ino(),
+        m.size(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.mtime(),
+        m.mtime_nsec(),
+    )
+}
+
+/// Contents stored by earlier snapshots, by upper path, with the stat they were read at.
+pub(crate) type Known = std::collections::HashMap<String, (StatKey, Content)>;
+
 /// What a scan found.
 pub(crate) struct Scan {
+    /// Regular files whose content the commit reads (not in `Known` as they are now),
+    /// with their stat at the scan.
+    pub fresh: Vec<(String, StatKey)>,
     /// The changes, when asked for.
     pub edits: Edits,
     /// A fingerprint of the upper's metadata (names, inode numbers, ctimes): equal
@@ -54,8 +75,9 @@ fn sig_of(h: &mut impl Hasher, rel: &str, m: &Metadata) {
 
 /// Scans `upper`; with `edits`, builds the edit list too (otherwise only the
 /// fingerprint, which needs no xattr reads).
-pub(crate) fn scan(upper: &Path, edits: bool) -> Result<Scan> {
+pub(crate) fn scan(upper: &Path, edits: bool, known: &Known) -> Result<Scan> {
     let mut out = Edits::new();
+    let mut fresh = Vec::new();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let m = fs::symlink_metadata(upper).map_err(io("stat", upper))?;
     sig_of(&mut h, "", &m);
@@ -68,8 +90,15 @@ pub(crate) fn scan(upper: &Path, edits: bool) -> Result<Scan> {
             },
         )?;
     }
-    walk(upper, "", Some(""), &mut out, &mut h, edits)?;
+    let mut w = Walk {
+        out: &mut out,
+        known,
+        fresh: &mut fresh,
+        edits,
+    };
+    walk(upper, "", Some(""), &mut w, &mut h)?;
     Ok(Scan {
+        fresh,
         edits: out,
         sig: h.finish(),
     })
@@ -103,14 +132,21 @@ fn lower_path(path: &Path, parent_lower: Option<&str>, name: &str) -> (Option<St
     }
 }
 
+struct Walk<'a> {
+    out: &'a mut Edits,
+    known: &'a Known,
+    fresh: &'a mut Vec<(String, StatKey)>,
+    edits: bool,
+}
+
 fn walk(
     dir: &Path,
     rel: &str,
     lower: Option<&str>,
-    out: &mut Edits,
+    w: &mut Walk<'_>,
     h: &mut impl Hasher,
-    edits: bool,
 ) -> Result<()> {
+    let edits = w.edits;
     let mut names: Vec<_> = fs::read_dir(dir)
         .map_err(io("read", dir))?
         .map(|e| e.map(|e| e.file_name()))
@@ -153,9 +189,9 @@ fn walk(
                         opaque: lower.is_none(),
                     },
                 };
-                out.set(&rel, edit)?;
+                w.out.set(&rel, edit)?;
             }
-            walk(&path, &rel, child_lower.as_deref(), out, h, edits)?;
+            walk(&path, &rel, child_lower.as_deref(), w, h)?;
             continue;
         }
         if !edits {
@@ -164,9 +200,19 @@ fn walk(
         let edit = if is_whiteout(&m) {
             Edit::Delete
         } else if ft.is_file() {
-            Edit::File {
-                attrs: attrs(&path, &m)?,
-                source: path.clone(),
+            let key = stat_key(&m);
+            match w.known.get(&rel) {
+                Some((k, content)) if *k == key => Edit::Entry(EntryKind::File {
+                    attrs: attrs(&path, &m)?,
+                    content: *content,
+                }),
+                _ => {
+                    w.fresh.push((rel.clone(), key));
+                    Edit::File {
+                        attrs: attrs(&path, &m)?,
+                        source: path.clone(),
+                    }
+                }
             }
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(io("readlink", &path))?;
@@ -189,7 +235,7 @@ fn walk(
                 special,
             })
         };
-        out.set(&rel, edit)?;
+        w.out.set(&rel, edit)?;
     }
     Ok(())
 }
