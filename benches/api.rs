@@ -268,6 +268,27 @@ fn import_tree(d: &Daemon, files: usize) -> String {
     field(&body, "id")
 }
 
+/// Forks `from` with `engine` at a new mountpoint `name`, until a file in it can be
+/// stat'ed; returns that time and deletes the workspace again.
+fn fork_once(d: &Daemon, engine: &str, from: &str, name: &str) -> Duration {
+    let fmp = d.dir.path().join(name);
+    std::fs::create_dir(&fmp).expect("mkdir");
+    let t = Instant::now();
+    let (st, body) = http(
+        &d.socket,
+        "POST",
+        "/v1/workspaces",
+        &format!("{{\"mountpoint\": {fmp:?}, \"from\": \"{from}\", \"engine\": \"{engine}\"}}"),
+    );
+    assert_eq!(st, 201, "{body}");
+    std::fs::metadata(fmp.join("d0/f0")).expect("usable");
+    let took = t.elapsed();
+    let id = field(&body, "id");
+    let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{id}"), "");
+    assert_eq!(st, 204);
+    took
+}
+
 /// Both engines side by side over a 10k-file tree: snapshot and checkout with a few
 /// changed files, and fork to a mounted workspace from a snapshot never mounted before
 /// (10k and 100k files, and the tip of a long chain).
@@ -326,23 +347,7 @@ fn engines(d: &Daemon, quick: bool) {
             );
             assert_eq!(st, 201, "{body}");
             let from = field(&body, "id");
-            let fmp = d.dir.path().join(format!("fork-{engine}-{i}"));
-            std::fs::create_dir(&fmp).expect("mkdir");
-            let t = Instant::now();
-            let (st, body) = http(
-                &d.socket,
-                "POST",
-                "/v1/workspaces",
-                &format!(
-                    "{{\"mountpoint\": {fmp:?}, \"from\": \"{from}\", \"engine\": \"{engine}\"}}"
-                ),
-            );
-            std::fs::metadata(fmp.join("d0/f0")).expect("usable");
-            samples.push(t.elapsed());
-            assert_eq!(st, 201, "{body}");
-            let id = field(&body, "id");
-            let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{id}"), "");
-            assert_eq!(st, 204);
+            samples.push(fork_once(d, engine, &from, &format!("fork-{engine}-{i}")));
         }
         report(
             &format!("{engine}: fork from a new snapshot (10k tree)"),
@@ -377,26 +382,8 @@ fn engines(d: &Daemon, quick: bool) {
         ] {
             let mut samples = Vec::new();
             for i in 0..20 {
-                let fmp = d
-                    .dir
-                    .path()
-                    .join(format!("big-{engine}-{}-{i}", what.len()));
-                std::fs::create_dir(&fmp).expect("mkdir");
-                let t = Instant::now();
-                let (st, body) = http(
-                    &d.socket,
-                    "POST",
-                    "/v1/workspaces",
-                    &format!(
-                        "{{\"mountpoint\": {fmp:?}, \"from\": \"{from}\", \"engine\": \"{engine}\"}}"
-                    ),
-                );
-                std::fs::metadata(fmp.join("d0/f0")).expect("usable");
-                samples.push(t.elapsed());
-                assert_eq!(st, 201, "{body}");
-                let id = field(&body, "id");
-                let (st, _) = http(&d.socket, "DELETE", &format!("/v1/workspaces/{id}"), "");
-                assert_eq!(st, 204);
+                let name = format!("big-{engine}-{}-{i}", what.len());
+                samples.push(fork_once(d, engine, from, &name));
             }
             report(
                 &format!("{engine}: fork ({what})"),

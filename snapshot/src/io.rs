@@ -39,6 +39,33 @@ pub fn attrs_of(path: &Path, meta: &fs::Metadata) -> Result<Attrs> {
     })
 }
 
+/// A host symlink, named pipe, device or socket as a snapshot stores it (`meta` is its
+/// `symlink_metadata`; it is neither a directory nor a regular file).
+pub fn special_of(path: &Path, meta: &fs::Metadata) -> Result<EntryKind> {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        use std::os::unix::ffi::OsStrExt;
+        let target = fs::read_link(path).map_err(io_err("readlink", path))?;
+        return Ok(EntryKind::Symlink {
+            attrs: attrs_of(path, meta)?,
+            target: target.as_os_str().as_bytes().to_vec(),
+        });
+    }
+    let special = if ft.is_fifo() {
+        Special::Fifo
+    } else if ft.is_char_device() {
+        Special::Char(meta.rdev())
+    } else if ft.is_block_device() {
+        Special::Block(meta.rdev())
+    } else {
+        Special::Socket
+    };
+    Ok(EntryKind::Special {
+        attrs: attrs_of(path, meta)?,
+        special,
+    })
+}
+
 /// The extended attributes of `path` (not following a symlink), sorted by name: every
 /// namespace the caller can read (`user.*`; `trusted.*` and `security.*` as root;
 /// extended POSIX ACLs as `system.posix_acl_*`).
@@ -209,27 +236,8 @@ fn import_dir(
                 attrs: attrs_of(&p, &m)?,
                 content,
             }
-        } else if ft.is_symlink() {
-            use std::os::unix::ffi::OsStrExt;
-            let target = fs::read_link(&p).map_err(io_err("readlink", &p))?;
-            EntryKind::Symlink {
-                attrs: attrs_of(&p, &m)?,
-                target: target.as_os_str().as_bytes().to_vec(),
-            }
         } else {
-            let special = if ft.is_fifo() {
-                Special::Fifo
-            } else if ft.is_char_device() {
-                Special::Char(m.rdev())
-            } else if ft.is_block_device() {
-                Special::Block(m.rdev())
-            } else {
-                Special::Socket
-            };
-            EntryKind::Special {
-                attrs: attrs_of(&p, &m)?,
-                special,
-            }
+            special_of(&p, &m)?
         };
         *paths += 1;
         node.entries.push((name, kind));

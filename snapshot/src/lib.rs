@@ -27,7 +27,7 @@ pub use error::{Error, Result};
 pub use gc::{FsckReport, GcReport};
 pub use hash::Hash;
 pub use ids::{Ino, SnapshotId, WorkspaceId};
-pub use io::attrs_of as host_attrs;
+pub use io::{attrs_of as host_attrs, special_of as host_special};
 pub use name::{NAME_MAX, Name};
 pub use repo::{DEFAULT_CACHE_BYTES, Repo, Stats};
 pub use snapshot::{Metrics, Snapshot};

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use helios_snapshot::tree::{Attrs, Content, EntryKind};
-use helios_snapshot::{Edit, Edits, Special};
+use helios_snapshot::{Edit, Edits};
 
 use crate::{Error, Result};
 
@@ -58,9 +58,13 @@ fn is_whiteout(m: &Metadata) -> bool {
 /// (`trusted.overlay.*`, `user.overlay.*`) are the engine's bookkeeping, not the file's.
 fn attrs(path: &Path, m: &Metadata) -> Result<Attrs> {
     let mut a = helios_snapshot::host_attrs(path, m)?;
+    strip_overlay_xattrs(&mut a);
+    Ok(a)
+}
+
+fn strip_overlay_xattrs(a: &mut Attrs) {
     a.xattrs
         .retain(|(n, _)| !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay."));
-    Ok(a)
 }
 
 fn opaque(path: &Path) -> bool {
@@ -214,26 +218,12 @@ fn walk(
                     }
                 }
             }
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io("readlink", &path))?;
-            Edit::Entry(EntryKind::Symlink {
-                attrs: attrs(&path, &m)?,
-                target: target.as_os_str().as_bytes().to_vec(),
-            })
         } else {
-            let special = if ft.is_fifo() {
-                Special::Fifo
-            } else if ft.is_char_device() {
-                Special::Char(m.rdev())
-            } else if ft.is_block_device() {
-                Special::Block(m.rdev())
-            } else {
-                Special::Socket
-            };
-            Edit::Entry(EntryKind::Special {
-                attrs: attrs(&path, &m)?,
-                special,
-            })
+            let mut kind = helios_snapshot::host_special(&path, &m)?;
+            if let EntryKind::Symlink { attrs, .. } | EntryKind::Special { attrs, .. } = &mut kind {
+                strip_overlay_xattrs(attrs);
+            }
+            Edit::Entry(kind)
         };
         w.out.set(&rel, edit)?;
     }
