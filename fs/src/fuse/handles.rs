@@ -47,7 +47,16 @@ pub(crate) struct Inner {
     pub(super) state_dir: std::path::PathBuf,
     /// Tells the kernel about changes it did not ask for (set once the session exists).
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// A read-only mount asked the kernel for stateless files (`FUSE_NO_OPEN_SUPPORT`):
+    /// opens are answered ENOSYS once, then never sent again, and the kernel keeps each
+    /// file's page cache across opens. Reads then come with handle 0.
+    pub(super) no_open: AtomicBool,
+    /// The files those reads are served from, by inode (bounded).
+    pub(super) stateless: Mutex<HashMap<Ino, Arc<File>>>,
 }
+
+/// Files kept open for stateless reads at most; past this, the set starts over.
+const STATELESS_MAX: usize = 4096;
 
 impl Inner {
     pub(crate) fn new(ws: Arc<Workspace>, want_passthrough: bool) -> Inner {
@@ -62,7 +71,26 @@ impl Inner {
             want_passthrough,
             state_dir,
             notifier: std::sync::OnceLock::new(),
+            no_open: AtomicBool::new(false),
+            stateless: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The file a stateless read of `ino` (handle 0, see `no_open`) reads from.
+    pub(super) fn stateless_file(&self, ino: Ino) -> Result<Arc<File>, Errno> {
+        if let Some(f) = self.stateless.lock().get(&ino) {
+            return Ok(f.clone());
+        }
+        let (file, _) = self
+            .ws
+            .backing_file(ino, false, false)
+            .map_err(|e| errno("read", &e))?;
+        let mut files = self.stateless.lock();
+        if files.len() >= STATELESS_MAX {
+            files.clear();
+        }
+        files.insert(ino, file.clone());
+        Ok(file)
     }
 
     /// Takes the negative entries handed out so far (to invalidate them).

@@ -60,7 +60,21 @@ impl Filesystem for HeliosFs {
             // (`sed -i` and `cp -p` copy modes that way) is what stat shows next.
             | InitFlags::FUSE_POSIX_ACL;
         let _ = config.add_capabilities(wanted & caps);
-        if self.0.want_passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH) {
+        // An immutable view (an overlay engine's lower layer) needs no per-open state:
+        // without open and release round trips, and with the page cache kept across
+        // opens, a warm read of a lower file costs no request at all.
+        if self.0.ws.read_only()
+            && caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                .is_ok()
+        {
+            self.0.no_open.store(true, Ordering::Relaxed);
+        }
+        if self.0.want_passthrough
+            && !self.0.no_open.load(Ordering::Relaxed)
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+        {
             // Depth 0 (the default) makes the kernel refuse every backing file.
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok()
@@ -306,6 +320,10 @@ impl Filesystem for HeliosFs {
     }
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.0.no_open.load(Ordering::Relaxed) {
+            // The kernel takes ENOSYS as "stateless files": no more opens or releases.
+            return reply.error(Errno::ENOSYS);
+        }
         match self
             .0
             .open_file(ino(i), flags, req.pid(), (req.uid(), req.gid()), |f| {
@@ -330,12 +348,23 @@ impl Filesystem for HeliosFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let h = match self.0.handle(fh) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        let Handle::File { file, .. } = &*h else {
-            return reply.error(Errno::EISDIR);
+        let h;
+        let stateless;
+        let file: &File = if fh.0 == 0 && self.0.no_open.load(Ordering::Relaxed) {
+            stateless = match self.0.stateless_file(ino(_i)) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            &stateless
+        } else {
+            h = match self.0.handle(fh) {
+                Ok(h) => h,
+                Err(e) => return reply.error(e),
+            };
+            let Handle::File { file, .. } = &*h else {
+                return reply.error(Errno::EISDIR);
+            };
+            file
         };
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -395,6 +424,11 @@ impl Filesystem for HeliosFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if fh.0 == 0 && self.0.no_open.load(Ordering::Relaxed) {
+            // A stateless file of a read-only view has nothing to flush; ENOSYS tells
+            // the kernel to stop asking, so a close costs no round trip either.
+            return reply.error(Errno::ENOSYS);
+        }
         // close(2) waits for flush (release comes later, asynchronously): a writer's
         // changes are counted before its close returns, so a snapshot taken after the
         // close sees them and a late release cannot dirty a later snapshot. The opener's
