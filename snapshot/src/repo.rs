@@ -587,6 +587,13 @@ impl Repo {
         Ok(None)
     }
 
+    /// The attributes of the root directory of snapshot `id` (the empty tree's for
+    /// `None`).
+    pub fn root_attrs(&self, id: Option<SnapshotId>) -> Result<tree::Attrs> {
+        let t = self.tree_of(id)?;
+        Ok(self.shared.node(&t.node)?.attrs.clone())
+    }
+
     /// Where a workspace keeps its files (own copies; an overlay workspace's layers).
     pub fn workspace_dir(&self, id: WorkspaceId) -> PathBuf {
         self.shared.workspace_dir(id)

@@ -24,7 +24,6 @@ mod scan;
 mod sys;
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -181,10 +180,14 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
             std::fs::create_dir_all(dir.join(d)).map_err(io("create the probe"))?;
         }
         let lower = lowers.get(None)?;
-        sys::overlay(&lower.path, &dir.join("u"), &dir.join("w"))
-            .and_then(|m| m.attach(&dir.join("m"), false))
-            .map_err(mount_err("mount an overlay"))?;
-        std::fs::write(dir.join("m/probe"), b"x").map_err(io("write through the overlay"))?;
+        sys::mount_isolated(
+            &lower.path,
+            &dir.join("u"),
+            &dir.join("w"),
+            &dir.join("m"),
+            false,
+        )
+        .map_err(mount_err("mount an overlay"))?;
         let unmounted = nix::mount::umount2(&dir.join("m"), MntFlags::empty());
         unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))?;
         Ok(())
@@ -320,16 +323,21 @@ impl OverlayWorkspace {
                 (layer, clean, next_gen)
             }
             None => {
-                let layer = new_layer(&layers, next_gen, rec.lower, lower)?;
+                let layer = new_layer(&repo, &layers, next_gen, rec.lower, lower)?;
                 (layer, None, next_gen + 1)
             }
         };
-        sys::overlay(&anchor._lower.path, &anchor.upper(), &anchor.work())
-            .and_then(|m| m.attach(mountpoint, false))
-            .map_err(mount_err(format!(
-                "mount an overlay at {}",
-                mountpoint.display()
-            )))?;
+        sys::mount_isolated(
+            &anchor._lower.path,
+            &anchor.upper(),
+            &anchor.work(),
+            mountpoint,
+            false,
+        )
+        .map_err(mount_err(format!(
+            "mount an overlay at {}",
+            mountpoint.display()
+        )))?;
         // Binds of the mountpoint made with slave propagation follow later checkouts.
         if let Err(e) = nix::mount::mount(
             None::<&str>,
@@ -428,7 +436,7 @@ impl OverlayWorkspace {
         }
         self.repo.snapshot(id)?;
         let lower = self.lowers.get(Some(id))?;
-        let layer = new_layer(&self.layers, st.next_gen, Some(id), lower)?;
+        let layer = new_layer(&self.repo, &self.layers, st.next_gen, Some(id), lower)?;
         st.next_gen += 1;
         let old = (st.base, st.layer().lower_id);
         // The record first: a crash after it mounts the new layer at the restart.
@@ -437,8 +445,13 @@ impl OverlayWorkspace {
             return Err(e.into());
         }
         let beneath = st.current.is_some();
-        let attached = sys::overlay(&layer._lower.path, &layer.upper(), &layer.work())
-            .and_then(|m| m.attach(&self.mountpoint, beneath));
+        let attached = sys::mount_isolated(
+            &layer._lower.path,
+            &layer.upper(),
+            &layer.work(),
+            &self.mountpoint,
+            beneath,
+        );
         if let Err(e) = attached {
             let _ = self.repo.rebase_workspace(self.id, old.0, old.1);
             remove_later(layer.dir);
@@ -493,6 +506,7 @@ fn is_empty_dir(p: &Path) -> bool {
 /// A new layer directory over `lower`, its upper root carrying the lower root's
 /// attributes (the overlay's root shows the upper root's).
 fn new_layer(
+    repo: &Repo,
     layers: &Path,
     gen_: u64,
     lower_id: Option<SnapshotId>,
@@ -508,11 +522,11 @@ fn new_layer(
     for d in [layer.upper(), layer.work()] {
         std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
     }
-    let root = &layer._lower.path;
-    let m = std::fs::symlink_metadata(root).map_err(io(format!("stat {}", root.display())))?;
-    let a = helios_snapshot::host_attrs(root, &m)?;
+    // From the store, not by a stat of the view: this process must never wait on a view
+    // it serves itself (see `sys::mount_isolated`).
+    let a = repo.root_attrs(lower_id)?;
     let upper = layer.upper();
-    std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))
+    std::os::unix::fs::chown(&upper, Some(a.uid), Some(a.gid))
         .map_err(io(format!("chown {}", upper.display())))?;
     std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(a.mode))
         .map_err(io(format!("chmod {}", upper.display())))?;
