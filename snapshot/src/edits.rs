@@ -286,19 +286,34 @@ fn same_attrs(a: &Attrs, b: &Attrs) -> bool {
     (a.mode, a.uid, a.gid, &a.xattrs) == (b.mode, b.uid, b.gid, &b.xattrs)
 }
 
+/// The entry at `path` (`/`-separated) below the directory node `root`, or `None` when
+/// nothing is there. Loads only the directories on the path.
+pub(crate) fn entry_at(shared: &Shared, root: Hash, path: &str) -> Result<Option<EntryKind>> {
+    let mut node = root;
+    let mut comps = path.split('/').filter(|c| !c.is_empty()).peekable();
+    while let Some(comp) = comps.next() {
+        let name = Name::try_from(comp)?;
+        let dir = shared.node(&node)?;
+        let Some((_, kind)) = dir.entries.iter().find(|(n, _)| *n == name) else {
+            return Ok(None);
+        };
+        match kind {
+            _ if comps.peek().is_none() => return Ok(Some(kind.clone())),
+            EntryKind::Dir { node: child, .. } => node = *child,
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
 /// The node of the directory at `path` below `root`.
 fn dir_at(shared: &Shared, root: Hash, path: &str) -> Result<Hash> {
-    let mut h = root;
-    for comp in path.split('/').filter(|c| !c.is_empty()) {
-        let name = Name::try_from(comp)?;
-        let node = shared.node(&h)?;
-        h = match node.entries.iter().find(|(n, _)| *n == name) {
-            Some((_, EntryKind::Dir { node, .. })) => *node,
-            Some(_) => return Err(Error::NotADirectory(path.to_string())),
-            None => return Err(Error::NoEntry(path.to_string())),
-        };
+    match entry_at(shared, root, path)? {
+        _ if path.split('/').all(str::is_empty) => Ok(root),
+        Some(EntryKind::Dir { node, .. }) => Ok(node),
+        Some(_) => Err(Error::NotADirectory(path.to_string())),
+        None => Err(Error::NoEntry(path.to_string())),
     }
-    Ok(h)
 }
 
 fn dir_entry(t: TreeRef) -> EntryKind {

@@ -568,23 +568,7 @@ impl Repo {
     /// The entry at `path` (`/`-separated, relative to the root) in snapshot `id`, or
     /// `None` when nothing is there. Loads only the directories on the path.
     pub fn entry_at(&self, id: SnapshotId, path: &str) -> Result<Option<tree::EntryKind>> {
-        let mut node = self.snapshot(id)?.tree;
-        let mut comps = path.split('/').filter(|c| !c.is_empty()).peekable();
-        while let Some(comp) = comps.next() {
-            let name = crate::name::Name::try_from(comp)?;
-            let dir = self.shared.node(&node)?;
-            let Some((_, kind)) = dir.entries.iter().find(|(n, _)| *n == name) else {
-                return Ok(None);
-            };
-            if comps.peek().is_none() {
-                return Ok(Some(kind.clone()));
-            }
-            match kind {
-                tree::EntryKind::Dir { node: child, .. } => node = *child,
-                _ => return Ok(None),
-            }
-        }
-        Ok(None)
+        crate::edits::entry_at(&self.shared, self.snapshot(id)?.tree, path)
     }
 
     /// The attributes of the root directory of snapshot `id` (the empty tree's for

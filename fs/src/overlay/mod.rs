@@ -202,7 +202,7 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
 struct Layer {
     dir: PathBuf,
     lower_id: Option<SnapshotId>,
-    _lower: Arc<Lower>,
+    view: Arc<Lower>,
 }
 
 impl Layer {
@@ -315,7 +315,7 @@ impl OverlayWorkspace {
                 let layer = Layer {
                     dir,
                     lower_id,
-                    _lower: lower,
+                    view: lower,
                 };
                 let clean = std::fs::read_to_string(layer.clean_file())
                     .ok()
@@ -328,7 +328,7 @@ impl OverlayWorkspace {
             }
         };
         sys::mount_isolated(
-            &anchor._lower.path,
+            &anchor.view.path,
             &anchor.upper(),
             &anchor.work(),
             mountpoint,
@@ -366,12 +366,9 @@ impl OverlayWorkspace {
         };
         {
             let mut st = ws.st.lock();
-            if st.clean_sig.is_none() && rec.lower == rec.base {
+            if st.clean_sig.is_none() && rec.lower == rec.base && is_empty_dir(&st.anchor.upper()) {
                 // A layer over the base with nothing in its upper is clean.
-                let sig = scan::scan(&st.anchor.upper(), false, &st.known)?.sig;
-                if is_empty_dir(&st.anchor.upper()) {
-                    st.clean_sig = Some(sig);
-                }
+                st.clean_sig = Some(ws.sig(&st)?);
             }
         }
         Ok(ws)
@@ -446,7 +443,7 @@ impl OverlayWorkspace {
         }
         let beneath = st.current.is_some();
         let attached = sys::mount_isolated(
-            &layer._lower.path,
+            &layer.view.path,
             &layer.upper(),
             &layer.work(),
             &self.mountpoint,
@@ -517,7 +514,7 @@ fn new_layer(
     let layer = Layer {
         dir,
         lower_id,
-        _lower: lower,
+        view: lower,
     };
     for d in [layer.upper(), layer.work()] {
         std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;

@@ -45,8 +45,7 @@ pub(crate) struct Scan {
 }
 
 fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let context = format!("{what} {}", path.display());
-    move |e| Error::Core(helios_snapshot::Error::io(context, e))
+    super::io(format!("{what} {}", path.display()))
 }
 
 /// True for an overlay whiteout: a character device 0/0.
@@ -65,10 +64,6 @@ fn attrs(path: &Path, m: &Metadata) -> Result<Attrs> {
 fn strip_overlay_xattrs(a: &mut Attrs) {
     a.xattrs
         .retain(|(n, _)| !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay."));
-}
-
-fn opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
 }
 
 fn sig_of(h: &mut impl Hasher, rel: &str, m: &Metadata) {
@@ -108,12 +103,29 @@ pub(crate) fn scan(upper: &Path, edits: bool, known: &Known) -> Result<Scan> {
     })
 }
 
-/// Where a directory of the upper merges with the lower layer: its own path, or where an
-/// overlay `redirect` says it was moved from (absolute from the lower root, or a name in
-/// the parent's lower directory); `None` for an opaque one.
-fn lower_path(path: &Path, parent_lower: Option<&str>, name: &str) -> (Option<String>, bool) {
-    if opaque(path) {
-        return (None, false);
+/// The edit for a directory of the upper, from its raw attributes (overlay xattrs
+/// included), and where it merges with the lower layer: its own path below its parent's
+/// lower path, or where an overlay `redirect` says it was moved from (absolute from the
+/// lower root, or a name in the parent's lower directory); `None` for an opaque one.
+fn dir_edit(mut attrs: Attrs, parent_lower: Option<&str>, name: &str) -> (Option<String>, Edit) {
+    let xattr = |n: &[u8]| {
+        attrs
+            .xattrs
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    let opaque = xattr(b"trusted.overlay.opaque").is_some_and(|v| v == b"y");
+    let redirect = xattr(b"trusted.overlay.redirect");
+    strip_overlay_xattrs(&mut attrs);
+    if opaque {
+        return (
+            None,
+            Edit::Dir {
+                attrs,
+                opaque: true,
+            },
+        );
     }
     let join = |n: &str| {
         parent_lower.map(|p| {
@@ -124,15 +136,31 @@ fn lower_path(path: &Path, parent_lower: Option<&str>, name: &str) -> (Option<St
             }
         })
     };
-    match xattr::get(path, "trusted.overlay.redirect") {
-        Ok(Some(r)) => {
-            let r = String::from_utf8_lossy(&r).into_owned();
-            match r.strip_prefix('/') {
-                Some(abs) => (Some(abs.trim_end_matches('/').to_string()), true),
-                None => (join(&r), true),
+    match redirect {
+        Some(r) => {
+            let r = String::from_utf8_lossy(&r);
+            let from = match r.strip_prefix('/') {
+                Some(abs) => Some(abs.trim_end_matches('/').to_string()),
+                None => join(&r),
+            };
+            match from {
+                Some(from) => (Some(from.clone()), Edit::MovedDir { attrs, from }),
+                None => (
+                    None,
+                    Edit::Dir {
+                        attrs,
+                        opaque: true,
+                    },
+                ),
             }
         }
-        _ => (join(name), false),
+        None => (
+            join(name),
+            Edit::Dir {
+                attrs,
+                opaque: false,
+            },
+        ),
     }
 }
 
@@ -164,7 +192,7 @@ fn walk(
         } else {
             format!("{rel}/{}", String::from_utf8_lossy(name.as_bytes()))
         };
-        if std::str::from_utf8(name.as_bytes()).is_err() {
+        if edits && std::str::from_utf8(name.as_bytes()).is_err() {
             return Err(Error::Unsupported(format!(
                 "{}: names that are not UTF-8 are not supported by the overlay engine yet",
                 path.display()
@@ -179,21 +207,13 @@ fn walk(
         sig_of(h, &rel, &m);
         let ft = m.file_type();
         if ft.is_dir() {
-            let name = String::from_utf8_lossy(name.as_bytes());
-            let (child_lower, moved) = lower_path(&path, lower, &name);
+            // The sig-only scan needs no lower paths (nor xattr reads).
+            let mut child_lower = None;
             if edits {
-                let attrs = attrs(&path, &m)?;
-                let edit = match (&child_lower, moved) {
-                    (Some(from), true) => Edit::MovedDir {
-                        attrs,
-                        from: from.clone(),
-                    },
-                    (lower, _) => Edit::Dir {
-                        attrs,
-                        opaque: lower.is_none(),
-                    },
-                };
+                let raw = helios_snapshot::host_attrs(&path, &m)?;
+                let (lower_path, edit) = dir_edit(raw, lower, &name.to_string_lossy());
                 w.out.set(&rel, edit)?;
+                child_lower = lower_path;
             }
             walk(&path, &rel, child_lower.as_deref(), w, h)?;
             continue;
