@@ -119,27 +119,29 @@ fn main() {
     let d = Daemon::start();
     let (ws, mp) = d.mount_with("main", None, "fuse");
 
-    // Snapshot of a small change.
+    // Snapshot of a small change, synced and buffered.
     let mut snaps = Vec::new();
-    let mut samples = Vec::new();
-    for i in 0..n {
-        std::fs::write(mp.join(format!("f{}", i % 20)), format!("change {i}")).expect("write");
-        let t = Instant::now();
-        let (st, body) = http(
-            &d.socket,
-            "POST",
-            &format!("/v1/workspaces/{ws}/snapshot"),
-            "{}",
+    for durability in ["sync", "buffered"] {
+        let mut samples = Vec::new();
+        for i in 0..n {
+            std::fs::write(mp.join(format!("f{}", i % 20)), format!("change {i}")).expect("write");
+            let t = Instant::now();
+            let (st, body) = http(
+                &d.socket,
+                "POST",
+                &format!("/v1/workspaces/{ws}/snapshot"),
+                &format!("{{\"durability\": \"{durability}\"}}"),
+            );
+            samples.push(t.elapsed());
+            assert_eq!(st, 201, "{body}");
+            snaps.push(field(&body, "id"));
+        }
+        report(
+            &format!("snapshot (one small file changed, {durability})"),
+            samples,
+            Some("p50 < 275 us"),
         );
-        samples.push(t.elapsed());
-        assert_eq!(st, 201, "{body}");
-        snaps.push(field(&body, "id"));
     }
-    report(
-        "snapshot (one small file changed)",
-        samples,
-        Some("p50 < 1 ms"),
-    );
 
     // Checkout, alternating between two snapshots.
     let (a, b) = (snaps[0].clone(), snaps[snaps.len() - 1].clone());
@@ -190,31 +192,33 @@ fn main() {
     let spaces: Vec<(String, PathBuf)> = (0..clients)
         .map(|c| d.mount(&format!("c{c}"), Some(&b)))
         .collect();
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for (id, mp) in &spaces {
-            let socket = d.socket.clone();
-            s.spawn(move || {
-                for i in 0..per {
-                    std::fs::write(mp.join("work"), format!("{i}")).expect("write");
-                    let (st, body) = http(
-                        &socket,
-                        "POST",
-                        &format!("/v1/workspaces/{id}/snapshot"),
-                        "{}",
-                    );
-                    assert_eq!(st, 201, "{body}");
-                }
-            });
-        }
-    });
-    let took = start.elapsed();
-    println!(
-        "{:<40} {} snapshots in {took:.2?} = {:.0} snapshots/s",
-        format!("{clients} concurrent clients (auto)"),
-        clients * per,
-        (clients * per) as f64 / took.as_secs_f64()
-    );
+    for durability in ["sync", "buffered"] {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (id, mp) in &spaces {
+                let socket = d.socket.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        std::fs::write(mp.join("work"), format!("{i}")).expect("write");
+                        let (st, body) = http(
+                            &socket,
+                            "POST",
+                            &format!("/v1/workspaces/{id}/snapshot"),
+                            &format!("{{\"durability\": \"{durability}\"}}"),
+                        );
+                        assert_eq!(st, 201, "{body}");
+                    }
+                });
+            }
+        });
+        let took = start.elapsed();
+        println!(
+            "{:<40} {} snapshots in {took:.2?} = {:.0} snapshots/s",
+            format!("{clients} concurrent clients (auto, {durability})"),
+            clients * per,
+            (clients * per) as f64 / took.as_secs_f64()
+        );
+    }
 
     // Many mounted workspaces at once.
     let target = if quick { 8 } else { 256 };

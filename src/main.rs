@@ -74,6 +74,10 @@ enum Cmd {
         workspace: String,
         #[arg(long)]
         label: Option<String>,
+        /// Acknowledge once written to the store's log, before it is synced: survives a
+        /// crash of the daemon, not a power cut (the next synced write makes it durable).
+        #[arg(long)]
+        buffered: bool,
     },
     /// Switch a workspace to another snapshot in place.
     Checkout {
@@ -105,6 +109,9 @@ enum Cmd {
     Unmount { workspace: String },
     /// Write a snapshot into a directory (missing or empty).
     Export { snapshot: String, dir: PathBuf },
+    /// Make forks of a snapshot fast: its files in the file cache and, for the overlay
+    /// engine, a native lower layer the kernel reads alone (the root of a search tree).
+    Warm { snapshot: String },
     /// Reclaim space no snapshot or workspace uses.
     Gc,
     /// Store and graph counters.
@@ -330,12 +337,17 @@ fn run(cli: Cli) -> Result<()> {
             let h = workspace_line(&v);
             (v, h)
         }
-        Cmd::Snapshot { workspace, label } => {
+        Cmd::Snapshot {
+            workspace,
+            label,
+            buffered,
+        } => {
             let id = workspace_id(&c, &workspace)?;
+            let durability = if buffered { "buffered" } else { "sync" };
             let v = c.call(
                 "POST",
                 &format!("/v1/workspaces/{id}/snapshot"),
-                Some(json!({"label": label})),
+                Some(json!({"label": label, "durability": durability})),
             )?;
             let h = snapshot_line(&v);
             (v, h)
@@ -442,6 +454,21 @@ fn run(cli: Cli) -> Result<()> {
                 Some(json!({"path": dir})),
             )?;
             (v, format!("exported {snapshot} to {}", dir.display()))
+        }
+        Cmd::Warm { snapshot } => {
+            let v = c.call("POST", &format!("/v1/snapshots/{snapshot}/warm"), None)?;
+            let layer = if v["native"].as_bool() == Some(true) {
+                "native lower layer ready"
+            } else {
+                "files cached (no native lower layer here)"
+            };
+            let h = format!(
+                "{snapshot}: {layer}; {} files, {} bytes, {} ms",
+                v["files"],
+                v["bytes"],
+                v["latency_us"].as_u64().unwrap_or(0) / 1000
+            );
+            (v, h)
         }
         Cmd::Gc => {
             let v = c.call("POST", "/v1/gc", None)?;

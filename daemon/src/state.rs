@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use helios_fs::{Engine, EngineChoice, Engines, MountOptions, MountedWorkspace};
-use helios_snapshot::{Repo, Snapshot, SnapshotId, WorkspaceId, WorkspaceRecord};
+use helios_snapshot::{Repo, Snapshot, SnapshotId, SnapshotRequest, WorkspaceId, WorkspaceRecord};
 use parking_lot::Mutex;
 
 use crate::error::{ApiError, ApiResult};
@@ -84,13 +84,14 @@ impl Daemon {
     fn out(&self, id: WorkspaceId) -> ApiResult<WorkspaceOut> {
         let rec = self.repo.workspace_record(id)?;
         let mounted = self.mounts.lock().get(&id).cloned();
-        let (dirty, base, passthrough) = match &mounted {
+        let (dirty, base, passthrough, lower) = match &mounted {
             Some(m) => (
                 m.mount.dirty(),
                 m.mount.base(),
                 m.mount.capabilities().passthrough,
+                m.mount.lower(),
             ),
-            None => (rec.head.is_some(), rec.base, false),
+            None => (rec.head.is_some(), rec.base, false, None),
         };
         Ok(WorkspaceOut {
             id: id.to_string(),
@@ -108,7 +109,14 @@ impl Daemon {
             dirty,
             mounted: mounted.is_some(),
             passthrough,
+            lower: lower.map(str::to_string),
         })
+    }
+
+    /// Makes forks of snapshot `id` fast (every file in the file cache; a native lower
+    /// layer for the overlay engine where it works).
+    pub fn warm(&self, id: SnapshotId) -> ApiResult<helios_fs::Warmed> {
+        Ok(self.engines.warm(id)?)
     }
 
     /// Checks a mountpoint: absolute, an existing empty directory, not in use.
@@ -224,19 +232,14 @@ impl Daemon {
     }
 
     /// Snapshots a workspace (mounted or not).
-    pub fn snapshot(
-        &self,
-        id: WorkspaceId,
-        label: Option<String>,
-        annotations: serde_json::Map<String, serde_json::Value>,
-    ) -> ApiResult<Snapshot> {
+    pub fn snapshot(&self, id: WorkspaceId, req: SnapshotRequest) -> ApiResult<Snapshot> {
         let start = Instant::now();
         let mounted = self.mounts.lock().get(&id).cloned();
         let snap = match mounted {
-            Some(m) => m.mount.snapshot(label, annotations)?,
+            Some(m) => m.mount.snapshot_with(req)?,
             None => {
                 self.unmounted_fuse(id)?;
-                self.repo.open_workspace(id)?.snapshot(label, annotations)?
+                self.repo.open_workspace(id)?.snapshot_with(req)?
             }
         };
         self.metrics.op("snapshot", start.elapsed());

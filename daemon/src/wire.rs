@@ -78,6 +78,27 @@ pub struct WorkspaceOut {
     pub mounted: bool,
     /// Whether open files are passed through to the kernel.
     pub passthrough: bool,
+    /// Overlay engine: its lower layer, `native` (a directory tree the kernel reads
+    /// alone) or `view` (a read-only FUSE view of the snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<String>,
+}
+
+/// What `POST /v1/snapshots/{id}/warm` did.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct WarmOut {
+    /// The snapshot.
+    pub snapshot: String,
+    /// A native lower layer serves new overlay workspaces over it.
+    pub native: bool,
+    /// Paths in the snapshot.
+    pub paths: u64,
+    /// Regular files with data, all in the materialized-file cache now.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Microseconds it took (0 when it was warm already).
+    pub latency_us: u64,
 }
 
 /// One changed path.
@@ -177,6 +198,8 @@ pub struct SnapshotIn {
     pub label: Option<String>,
     /// Annotations.
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `sync` (default) or `buffered`.
+    pub durability: Option<String>,
 }
 
 /// `POST /v1/workspaces/{id}/checkout`.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use helios_snapshot::{Repo, Snapshot, SnapshotId, WorkspaceId};
+use helios_snapshot::{Repo, Snapshot, SnapshotId, SnapshotRequest, WorkspaceId};
 
 use crate::mount::{Mount, MountOptions};
 use crate::overlay::{self, Lowers, OverlayWorkspace};
@@ -105,6 +105,9 @@ impl Engines {
         let overlay = allowed
             .map_err(str::to_string)
             .and_then(|()| overlay::probe(&lowers));
+        if let Err(why) = &overlay {
+            lowers.disable_natives(why);
+        }
         match &overlay {
             Ok(()) => tracing::info!("the overlay engine works here"),
             Err(why) => tracing::info!(reason = %why, "the overlay engine is not available"),
@@ -126,6 +129,16 @@ impl Engines {
     /// The options FUSE mounts get.
     pub fn options(&self) -> &MountOptions {
         &self.opts
+    }
+
+    /// Makes forks of snapshot `id` fast (see `Lowers::warm`).
+    pub fn warm(&self, id: SnapshotId) -> Result<crate::overlay::Warmed> {
+        self.lowers.warm(id)
+    }
+
+    /// The overlay engine's lower layers.
+    pub fn lowers(&self) -> &Lowers {
+        &self.lowers
     }
 
     /// Why the overlay engine cannot serve here, or `None` when it can.
@@ -197,16 +210,29 @@ pub trait MountedWorkspace: Send + Sync + std::fmt::Debug {
     fn mountpoint(&self) -> &Path;
     /// What the engine does for it here.
     fn capabilities(&self) -> Capabilities;
+    /// What its lower layer is, for an engine that has one (overlay: `native` or
+    /// `view`).
+    fn lower(&self) -> Option<&'static str> {
+        None
+    }
     /// The snapshot it stands on.
     fn base(&self) -> Option<SnapshotId>;
     /// True when its content differs from its base.
     fn dirty(&self) -> bool;
-    /// Snapshots it, including every write that returned before this call.
+    /// Snapshots it, including every write that returned before this call (synced).
     fn snapshot(
         &self,
         label: Option<String>,
         annotations: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Snapshot>;
+    ) -> Result<Snapshot> {
+        self.snapshot_with(SnapshotRequest {
+            label,
+            annotations,
+            ..Default::default()
+        })
+    }
+    /// `snapshot` with every choice of the request (durability among them).
+    fn snapshot_with(&self, req: SnapshotRequest) -> Result<Snapshot>;
     /// Switches it to snapshot `id` in place (refused when dirty, unless `discard`).
     fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()>;
     /// Persists its uncommitted changes (clean shutdown).
@@ -238,12 +264,8 @@ impl MountedWorkspace for Mount {
         self.workspace().dirty()
     }
 
-    fn snapshot(
-        &self,
-        label: Option<String>,
-        annotations: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Snapshot> {
-        Mount::snapshot(self, label, annotations)
+    fn snapshot_with(&self, req: SnapshotRequest) -> Result<Snapshot> {
+        Mount::snapshot_with(self, req)
     }
 
     fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {

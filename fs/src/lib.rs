@@ -11,7 +11,7 @@ mod overlay;
 
 pub use engine::{Capabilities, Engine, EngineChoice, Engines, MountedWorkspace};
 pub use mount::{JOURNAL_INTERVAL, Mount, MountOptions};
-pub use overlay::{Lowers, OverlayWorkspace};
+pub use overlay::{Lowers, OverlayWorkspace, Warmed};
 
 /// Errors of the engines.
 #[derive(Debug, thiserror::Error)]

@@ -131,8 +131,17 @@ impl Mount {
         label: Option<String>,
         annotations: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Snapshot> {
+        self.snapshot_with(helios_snapshot::SnapshotRequest {
+            label,
+            annotations,
+            ..Default::default()
+        })
+    }
+
+    /// `snapshot` with every choice of the request (durability among them).
+    pub fn snapshot_with(&self, req: helios_snapshot::SnapshotRequest) -> Result<Snapshot> {
         self.inner.flush_writers()?;
-        Ok(self.inner.ws.snapshot(label, annotations)?)
+        Ok(self.inner.ws.snapshot_with(req)?)
     }
 
     /// Switches the mounted workspace to snapshot `id` in place and invalidates what the

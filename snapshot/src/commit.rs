@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::ids::SnapshotId;
 use crate::repo::Shared;
 use crate::snapshot::{self, Metrics, Snapshot};
-use crate::store::{Batch, ObjectWriter};
+use crate::store::{Batch, Durability, ObjectWriter};
 use crate::tree::TreeRef;
 use crate::workspace::now;
 
@@ -49,6 +49,8 @@ pub(crate) enum Landing {
         annotations: serde_json::Map<String, serde_json::Value>,
         /// When the request started, for the snapshot's latency metric.
         start: Instant,
+        /// Synced before the commit returns, or only written to the log.
+        durability: Durability,
     },
     /// No snapshot: the tree alone (a workspace's `head`, saved at a clean stop).
     Tree,
@@ -72,7 +74,9 @@ impl Landed {
     }
 }
 
-/// Builds `source` and writes it, with everything it moves, in one synced batch.
+/// Builds `source` and writes it, with everything it moves, in one batch: synced, or
+/// for a snapshot asked for with `Durability::Buffered`, written to the log unsynced
+/// (it survives a kill of the process, not a power cut).
 pub(crate) fn land(
     shared: &Shared,
     source: &mut dyn ChangeSource,
@@ -87,13 +91,16 @@ pub(crate) fn land(
         }
     };
     let mut batch = Batch::new();
+    let mut durability = Durability::Sync;
     let snapshot = match landing {
         Landing::Snapshot {
             parent,
             label,
             annotations,
             start,
+            durability: d,
         } => {
+            durability = d;
             let snap = Snapshot {
                 id: shared.alloc_snapshot_id(),
                 parent,
@@ -121,7 +128,7 @@ pub(crate) fn land(
         snapshot,
     };
     source.stage(&landed, &mut batch);
-    if let Err(e) = w.commit(batch) {
+    if let Err(e) = w.commit_with(batch, durability) {
         source.failed();
         return Err(e);
     }

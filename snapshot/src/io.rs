@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use nix::sys::stat::{UtimensatFlags, utimensat};
@@ -139,6 +139,7 @@ impl Repo {
             label,
             annotations: Default::default(),
             start: Instant::now(),
+            durability: crate::store::Durability::Sync,
         };
         let mut source = Import { path, meta };
         let w = self.shared.store.writer();
@@ -181,6 +182,100 @@ impl Repo {
         }
         let node = DirNode::load(self.store(), &snap.tree)?;
         export_dir(self.store(), &node, target)
+    }
+}
+
+/// What `Repo::export_stubs` wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StubStats {
+    /// Paths written (files, directories, symlinks, specials; not the root).
+    pub paths: u64,
+    /// Regular files whose bytes live in the materialized-file cache.
+    pub stubs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Repo {
+    /// The materialized-file cache's directory: every file of a snapshot that
+    /// `export_stubs` or an engine needed, as `<2 hex>/<hash>`, read-only.
+    pub fn file_cache_dir(&self) -> PathBuf {
+        self.dir().join("cache")
+    }
+
+    /// Writes snapshot `id` into `target` (missing or empty) as `export` does, except
+    /// that each non-empty regular file is a sparse file of its size with its
+    /// attributes, whose bytes are put in the materialized-file cache: `tag(stub,
+    /// cache_file)` then marks the stub (the overlay engine names the cache file in
+    /// its data-only layer). With `target` `None` only the cache is filled (and every
+    /// cached file this process had not checked yet is verified against its hash).
+    pub fn export_stubs(
+        &self,
+        id: SnapshotId,
+        target: Option<&Path>,
+        tag: &mut dyn FnMut(&Path, &Path) -> Result<()>,
+    ) -> Result<StubStats> {
+        let snap = self.snapshot(id)?;
+        if let Some(t) = target {
+            fs::create_dir_all(t).map_err(io_err("create", t))?;
+        }
+        let node = DirNode::load(self.store(), &snap.tree)?;
+        let mut stats = StubStats::default();
+        self.stub_dir(&node, target, tag, &mut stats)?;
+        Ok(stats)
+    }
+
+    fn stub_dir(
+        &self,
+        node: &DirNode,
+        dir: Option<&Path>,
+        tag: &mut dyn FnMut(&Path, &Path) -> Result<()>,
+        stats: &mut StubStats,
+    ) -> Result<()> {
+        for (name, kind) in &node.entries {
+            // As in `export_dir`: names stay inside `dir`, every entry is created new.
+            let p = dir.map(|d| d.join(name.as_os_str()));
+            stats.paths += 1;
+            match kind {
+                EntryKind::Dir { node: h, .. } => {
+                    if let Some(p) = &p {
+                        fs::create_dir(p).map_err(io_err("create", p))?;
+                    }
+                    let child = DirNode::load(self.store(), h)?;
+                    self.stub_dir(&child, p.as_deref(), tag, stats)?;
+                }
+                EntryKind::File { attrs, content } => {
+                    let cached = (content.size > 0)
+                        .then(|| self.shared.materialize(content))
+                        .transpose()?;
+                    if cached.is_some() {
+                        stats.stubs += 1;
+                        stats.bytes += content.size;
+                    }
+                    let Some(p) = p else { continue };
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&p)
+                        .map_err(io_err("create", &p))?;
+                    f.set_len(content.size).map_err(io_err("truncate", &p))?;
+                    drop(f);
+                    set_attrs(&p, attrs, false)?;
+                    if let Some(c) = cached {
+                        tag(&p, &c)?;
+                    }
+                }
+                EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
+                    if let Some(p) = &p {
+                        export_other(p, kind)?;
+                    }
+                }
+            }
+        }
+        if let Some(d) = dir {
+            set_attrs(d, &node.attrs, false)?;
+        }
+        Ok(())
     }
 }
 
@@ -270,29 +365,41 @@ fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
                 drop(f);
                 set_attrs(&p, attrs, false)?;
             }
-            EntryKind::Symlink { attrs, target } => {
-                use std::os::unix::ffi::OsStrExt;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)
-                    .map_err(io_err("symlink", &p))?;
-                set_attrs(&p, attrs, true)?;
-            }
-            EntryKind::Special { attrs, special } => {
-                use nix::sys::stat::{Mode, SFlag, mknod};
-                let kind = match special {
-                    Special::Fifo => SFlag::S_IFIFO,
-                    Special::Char(_) => SFlag::S_IFCHR,
-                    Special::Block(_) => SFlag::S_IFBLK,
-                    Special::Socket => SFlag::S_IFSOCK,
-                };
-                mknod(&p, kind, Mode::from_bits_truncate(0o600), special.rdev())
-                    .map_err(|e| Error::io(format!("mknod {}", p.display()), e.into()))?;
-                set_attrs(&p, attrs, false)?;
-            }
+            EntryKind::Symlink { .. } | EntryKind::Special { .. } => export_other(&p, kind)?,
         }
     }
     // Directory attributes last: a read-only mode would block creating its children,
     // and creating them would move its mtime.
     set_attrs(dir, &node.attrs, false)
+}
+
+/// Creates a symlink, named pipe, device or socket at `p`.
+fn export_other(p: &Path, kind: &EntryKind) -> Result<()> {
+    let p = p.to_path_buf();
+    match kind {
+        EntryKind::Symlink { attrs, target } => {
+            use std::os::unix::ffi::OsStrExt;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)
+                .map_err(io_err("symlink", &p))?;
+            set_attrs(&p, attrs, true)?;
+        }
+        EntryKind::Special { attrs, special } => {
+            use nix::sys::stat::{Mode, SFlag, mknod};
+            let kind = match special {
+                Special::Fifo => SFlag::S_IFIFO,
+                Special::Char(_) => SFlag::S_IFCHR,
+                Special::Block(_) => SFlag::S_IFBLK,
+                Special::Socket => SFlag::S_IFSOCK,
+            };
+            mknod(&p, kind, Mode::from_bits_truncate(0o600), special.rdev())
+                .map_err(|e| Error::io(format!("mknod {}", p.display()), e.into()))?;
+            set_attrs(&p, attrs, false)?;
+        }
+        EntryKind::Dir { .. } | EntryKind::File { .. } => {
+            unreachable!("export_other is for symlinks and specials")
+        }
+    }
+    Ok(())
 }
 
 fn set_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<()> {

@@ -27,10 +27,11 @@ pub use error::{Error, Result};
 pub use gc::{FsckReport, GcReport};
 pub use hash::Hash;
 pub use ids::{Ino, SnapshotId, WorkspaceId};
-pub use io::{attrs_of as host_attrs, special_of as host_special};
+pub use io::{StubStats, attrs_of as host_attrs, special_of as host_special};
 pub use name::{NAME_MAX, Name};
 pub use repo::{DEFAULT_CACHE_BYTES, Repo, Stats};
-pub use snapshot::{Metrics, Snapshot};
+pub use snapshot::{Metrics, Snapshot, SnapshotRequest};
+pub use store::Durability;
 pub use workspace::{
     DirEntry, Invalidation, Kind, RenameMode, SetAttr, SetTime, Stat, Workspace, WorkspaceRecord,
     XATTR_VALUE_MAX, XattrMode,

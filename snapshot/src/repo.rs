@@ -431,6 +431,23 @@ impl Repo {
         annotations: serde_json::Map<String, serde_json::Value>,
         workspace: Option<WorkspaceId>,
     ) -> Result<Snapshot> {
+        let req = crate::SnapshotRequest {
+            label,
+            annotations,
+            ..Default::default()
+        };
+        self.commit_edits_with(over, parent, edits, req, workspace)
+    }
+
+    /// `commit_edits` with every choice of the request (durability among them).
+    pub fn commit_edits_with(
+        &self,
+        over: Option<SnapshotId>,
+        parent: Option<SnapshotId>,
+        edits: &Edits,
+        req: crate::SnapshotRequest,
+        workspace: Option<WorkspaceId>,
+    ) -> Result<Snapshot> {
         let start = std::time::Instant::now();
         let _gc = self.shared.gc_lock.read();
         if let Some(p) = parent {
@@ -458,9 +475,10 @@ impl Repo {
         };
         let landing = Landing::Snapshot {
             parent,
-            label,
-            annotations,
+            label: req.label,
+            annotations: req.annotations,
             start,
+            durability: req.durability,
         };
         let w = self.shared.store.writer();
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()

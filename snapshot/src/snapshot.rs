@@ -208,3 +208,16 @@ mod tests {
         );
     }
 }
+
+/// What a caller asks of a new snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotRequest {
+    /// Its label.
+    pub label: Option<String>,
+    /// Its annotations.
+    pub annotations: serde_json::Map<String, serde_json::Value>,
+    /// `Sync` (the default): durable when acknowledged. `Buffered`: written to the
+    /// store's log without a sync: it survives a crash of the process (the log is in the
+    /// kernel's page cache), not a power cut; the next synced write makes it durable.
+    pub durability: crate::store::Durability,
+}

@@ -271,3 +271,52 @@ fn hard_link_then_checkout(engine: &str) {
     assert!(d.ok(&["fsck"]).starts_with("ok"));
     d.stop();
 }
+
+/// Issue 9, item 2: snapshots asked for with `--buffered` (no log sync) survive a kill -9
+/// of the daemon right after they are acknowledged, on both engines.
+#[test]
+fn buffered_snapshots_survive_kill_9() {
+    let mut d = Daemon::start();
+    let mut taken = Vec::new();
+    for engine in ["fuse", "overlay"] {
+        let mp = d.path(&format!("ws-{engine}"));
+        fs::create_dir(&mp).expect("mkdir");
+        let mps = mp.to_str().expect("utf8");
+        d.ok(&["mount", mps, "--engine", engine]);
+        for i in 0..5 {
+            fs::write(mp.join(format!("f{i}")), format!("{engine} {i}")).expect("write");
+            let s = d.json(&["snapshot", mps, "--buffered"]);
+            taken.push((s["id"].as_str().expect("id").to_string(), engine, i));
+        }
+    }
+    let (code, body) = d.http(
+        "POST",
+        "/v1/workspaces/w1/snapshot",
+        Some(r#"{"durability": "eventually"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sync or buffered"),
+        "{body}"
+    );
+    d.kill9();
+    d.spawn();
+    for (id, engine, i) in &taken {
+        let out = d.path(&format!("export-{id}"));
+        d.ok(&["export", id, out.to_str().expect("utf8")]);
+        for j in 0..=*i {
+            assert_eq!(
+                fs::read_to_string(out.join(format!("f{j}"))).expect("exported file"),
+                format!("{engine} {j}"),
+                "{id}"
+            );
+        }
+    }
+    assert!(d.ok(&["fsck"]).starts_with("ok"), "fsck");
+    let ws = d.json(&["ls"]);
+    assert_eq!(ws[0]["base"].as_str(), Some(taken[4].0.as_str()), "{ws}");
+    assert_eq!(ws[1]["base"].as_str(), Some(taken[9].0.as_str()), "{ws}");
+}

@@ -89,3 +89,54 @@ fn the_fallback_can_be_forced_and_says_why() {
         "{w}"
     );
 }
+
+#[test]
+fn warm_builds_a_native_lower_that_forks_and_restarts_use() {
+    let mut d = Daemon::start();
+    let src = d.path("src");
+    fs::create_dir_all(src.join("pkg/lib")).expect("mkdir");
+    for i in 0..50 {
+        fs::write(src.join(format!("pkg/lib/m{i}.py")), format!("x = {i}\n")).expect("write");
+    }
+    let s0 = d.json(&["import", src.to_str().expect("utf8")]);
+    let s0 = s0["id"].as_str().expect("id").to_string();
+    let w = d.json(&["warm", &s0]);
+    assert_eq!(w["native"], true, "{w}");
+    assert_eq!(w["files"], 50, "{w}");
+    // Warm again: nothing to do.
+    assert_eq!(d.json(&["warm", &s0])["latency_us"], 0);
+    let mp = d.path("ws");
+    fs::create_dir(&mp).expect("mkdir");
+    let mps = mp.to_str().expect("utf8");
+    let ws = d.json(&["mount", mps, "--from", &s0]);
+    assert_eq!(ws["engine"], "overlay", "{ws}");
+    assert_eq!(ws["lower"], "native", "{ws}");
+    assert_eq!(
+        fs::read_to_string(mp.join("pkg/lib/m7.py")).expect("read"),
+        "x = 7\n"
+    );
+    fs::write(mp.join("pkg/lib/m7.py"), "x = 'changed'\n").expect("write");
+    let s1 = d.json(&["snapshot", mps]);
+    let diff = d.ok(&["diff", &s0, s1["id"].as_str().expect("id")]);
+    assert!(diff.trim().starts_with("M pkg/lib/m7.py"), "{diff}");
+    assert_eq!(diff.trim().lines().count(), 1, "{diff}");
+    d.kill9();
+    d.spawn();
+    assert!(is_mounted(&mp), "restart mounts again:\n{}", d.log());
+    assert_eq!(
+        fs::read_to_string(mp.join("pkg/lib/m7.py")).expect("read"),
+        "x = 'changed'\n"
+    );
+    d.ok(&["checkout", mps, &s0]);
+    assert_eq!(
+        fs::read_to_string(mp.join("pkg/lib/m7.py")).expect("read"),
+        "x = 7\n"
+    );
+    // Bad input: a clear error, nothing built.
+    let (code, body) = d.http("POST", "/v1/snapshots/s999/warm", None);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = d.http("POST", "/v1/snapshots/nope/warm", None);
+    assert_eq!(code, 400, "{body}");
+    assert!(d.ok(&["fsck"]).starts_with("ok"), "fsck");
+    d.ok(&["unmount", mps]);
+}

@@ -220,6 +220,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/v1/snapshots/{a}/diff/{b}", get(snapshots::diff))
         .route("/v1/snapshots/{id}/export", post(snapshots::export))
+        .route("/v1/snapshots/{id}/warm", post(snapshots::warm))
         .route(
             "/v1/workspaces",
             get(workspaces::list).post(workspaces::create),

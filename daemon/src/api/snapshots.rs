@@ -1,4 +1,4 @@
-//! `/v1/snapshots`: import, list, get, annotate, delete, diff, export.
+//! `/v1/snapshots`: import, list, get, annotate, delete, diff, export, warm.
 
 use std::path::PathBuf;
 
@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, blocking, parse_id};
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{ChangeOut, DiffOut, ExportIn, ImportIn, PatchIn, RemovedOut, SnapshotOut};
+use crate::wire::{
+    ChangeOut, DiffOut, ExportIn, ImportIn, PatchIn, RemovedOut, SnapshotOut, WarmOut,
+};
 
 fn absolute(path: &str, what: &str) -> ApiResult<PathBuf> {
     let p = PathBuf::from(path);
@@ -161,4 +163,22 @@ pub async fn export(
     let p = path.clone();
     blocking(move || Ok(repo.export(id, &p)?)).await?;
     Ok(Json(serde_json::json!({"path": path})))
+}
+
+/// `POST /v1/snapshots/{id}/warm`: makes forks of a snapshot fast, returning when done.
+pub async fn warm(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<WarmOut>> {
+    let id: SnapshotId = parse_id(&id)?;
+    let daemon = app.daemon.clone();
+    let w = blocking(move || daemon.warm(id)).await?;
+    Ok(Json(WarmOut {
+        snapshot: id.to_string(),
+        native: w.native,
+        paths: w.paths,
+        files: w.files,
+        bytes: w.bytes,
+        latency_us: w.micros,
+    }))
 }

@@ -57,9 +57,22 @@ pub async fn snapshot(
             crate::error::ApiError::bad_request(format!("invalid request body: {e}"))
         })?
     };
+    let durability = match body.durability.as_deref() {
+        None | Some("sync") => helios_snapshot::Durability::Sync,
+        Some("buffered") => helios_snapshot::Durability::Buffered,
+        Some(other) => {
+            return Err(crate::error::ApiError::bad_request(format!(
+                "unknown durability {other:?}: sync or buffered"
+            )));
+        }
+    };
+    let req = helios_snapshot::SnapshotRequest {
+        label: body.label,
+        annotations: body.annotations.unwrap_or_default(),
+        durability,
+    };
     let d = app.daemon.clone();
-    let s =
-        blocking(move || d.snapshot(id, body.label, body.annotations.unwrap_or_default())).await?;
+    let s = blocking(move || d.snapshot(id, req)).await?;
     Ok((StatusCode::CREATED, Json(SnapshotOut::from(&s))))
 }
 

@@ -19,6 +19,7 @@
 //! slaves; podman needs `:rslave`) therefore follows every checkout. A process's current
 //! directory and open files keep what they opened, as with any replaced mount.
 
+mod native;
 mod scan;
 #[allow(unsafe_code)] // raw syscalls of the new mount API, each with its SAFETY note
 mod sys;
@@ -35,6 +36,8 @@ use crate::engine::{Capabilities, Engine, MountedWorkspace};
 use crate::mount::{Mount, MountOptions};
 use crate::{Error, Result};
 
+pub use native::Warmed;
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |e| Error::Core(helios_snapshot::Error::io(context, e))
@@ -49,12 +52,14 @@ fn key(id: Option<SnapshotId>) -> String {
     id.map_or_else(|| "empty".to_string(), |s| s.to_string())
 }
 
-/// A mounted read-only view of one snapshot, used as the lowerdir of every overlay
-/// workspace over it. Unmounted (lazily, off the caller's thread) when the last user
-/// lets go.
+/// The lower layer of one snapshot, shared by every overlay workspace over it: a
+/// mounted read-only FUSE view (unmounted lazily, off the caller's thread, when the last
+/// user lets go), or a native directory tree whose stubs redirect to `data`.
 #[derive(Debug)]
 pub(crate) struct Lower {
     path: PathBuf,
+    /// The data-only layer of a native lower.
+    data: Option<PathBuf>,
     mount: Mutex<Option<Mount>>,
 }
 
@@ -87,6 +92,7 @@ pub struct Lowers {
     /// The views used last stay mounted while no workspace uses them (a search tree
     /// returns to the same nodes: a checkout back to one then needs no new mount).
     recent: Mutex<std::collections::VecDeque<Arc<Lower>>>,
+    natives: Arc<native::Natives>,
 }
 
 /// How many views stay mounted unused (each is a FUSE session with its threads).
@@ -108,6 +114,7 @@ impl Lowers {
             ..opts.clone()
         };
         Lowers {
+            natives: native::Natives::new(repo.clone(), &state),
             repo,
             state,
             dir,
@@ -115,6 +122,30 @@ impl Lowers {
             open: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Makes forks of snapshot `id` fast: every file of it in the materialized-file
+    /// cache and, where the host allows, a native lower layer ready for new overlay
+    /// mounts over it. Runs on the caller's thread.
+    pub fn warm(&self, id: SnapshotId) -> Result<Warmed> {
+        self.repo.snapshot(id)?;
+        self.natives.warm(id)
+    }
+
+    /// Waits (up to `timeout`) for a background build of snapshot `id`'s native lower
+    /// layer; true when one is ready.
+    pub fn wait_native(&self, id: SnapshotId, timeout: std::time::Duration) -> bool {
+        self.natives.wait(id, timeout)
+    }
+
+    pub(crate) fn disable_natives(&self, why: &str) {
+        self.natives
+            .set_usable(Err(format!("the overlay engine is off: {why}")));
+    }
+
+    /// Why native lower layers cannot serve here, if they cannot.
+    pub fn native_unavailable(&self) -> Option<String> {
+        self.natives.unusable()
     }
 
     /// Unmounts the views no workspace uses (a clean stop of the daemon).
@@ -138,8 +169,15 @@ impl Lowers {
         recent.truncate(RECENT_VIEWS);
     }
 
-    /// The view of snapshot `id`, mounting it if no workspace uses it yet.
+    /// The lower layer of snapshot `id`: its native one if ready, else its view
+    /// (mounting it if no workspace uses it yet).
     pub(crate) fn get(&self, id: Option<SnapshotId>) -> Result<Arc<Lower>> {
+        if let Some(id) = id {
+            if let Some(l) = self.natives.get(id) {
+                return Ok(l);
+            }
+            self.natives.note_view(id);
+        }
         let mut open = self.open.lock();
         if let Some(l) = open.get(&id).and_then(Weak::upgrade) {
             drop(open);
@@ -158,6 +196,7 @@ impl Lowers {
         let mount = Mount::fuse(view, &path, &self.opts)?;
         let l = Arc::new(Lower {
             path,
+            data: None,
             mount: Mutex::new(Some(mount)),
         });
         open.retain(|_, w| w.strong_count() > 0);
@@ -182,6 +221,7 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
         let lower = lowers.get(None)?;
         sys::mount_isolated(
             &lower.path,
+            None,
             &dir.join("u"),
             &dir.join("w"),
             &dir.join("m"),
@@ -192,6 +232,33 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
         unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))?;
         Ok(())
     })();
+    if result.is_ok() {
+        // Native lowers: a data-only layer without metacopy copy-ups.
+        let native = (|| -> Result<()> {
+            let data = lowers.natives.data_dir();
+            for d in [dir.join("n"), data.to_path_buf()] {
+                std::fs::create_dir_all(&d).map_err(io("create the probe"))?;
+            }
+            sys::mount_isolated(
+                &dir.join("n"),
+                Some(data),
+                &dir.join("u"),
+                &dir.join("w"),
+                &dir.join("m"),
+                false,
+            )
+            .map_err(mount_err("mount an overlay with a data-only layer"))?;
+            let unmounted = nix::mount::umount2(&dir.join("m"), MntFlags::empty());
+            unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))
+        })();
+        let forced =
+            std::env::var_os("HELIOS_NO_NATIVE_LOWER").is_some_and(|v| !v.is_empty() && v != "0");
+        lowers.natives.set_usable(if forced {
+            Err("HELIOS_NO_NATIVE_LOWER is set".into())
+        } else {
+            native.map_err(|e| e.to_string())
+        });
+    }
     let _ = nix::mount::umount2(&dir.join("m"), MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(|e| e.to_string())
@@ -329,6 +396,7 @@ impl OverlayWorkspace {
         };
         sys::mount_isolated(
             &anchor.view.path,
+            anchor.view.data.as_deref(),
             &anchor.upper(),
             &anchor.work(),
             mountpoint,
@@ -390,20 +458,15 @@ impl OverlayWorkspace {
         let _ = std::fs::write(st.layer().clean_file(), sig.to_string());
     }
 
-    fn do_snapshot(
-        &self,
-        label: Option<String>,
-        annotations: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Snapshot> {
+    fn do_snapshot(&self, req: helios_snapshot::SnapshotRequest) -> Result<Snapshot> {
         let mut st = self.st.lock();
         let layer = st.layer();
         let scan = scan::scan(&layer.upper(), true, &st.known)?;
-        let s = self.repo.commit_edits(
+        let s = self.repo.commit_edits_with(
             layer.lower_id,
             st.base,
             &scan.edits,
-            label,
-            annotations,
+            req,
             Some(self.id),
         )?;
         st.base = Some(s.id);
@@ -444,6 +507,7 @@ impl OverlayWorkspace {
         let beneath = st.current.is_some();
         let attached = sys::mount_isolated(
             &layer.view.path,
+            layer.view.data.as_deref(),
             &layer.upper(),
             &layer.work(),
             &self.mountpoint,
@@ -564,6 +628,15 @@ impl MountedWorkspace for OverlayWorkspace {
         Capabilities { passthrough: false }
     }
 
+    fn lower(&self) -> Option<&'static str> {
+        let st = self.st.lock();
+        Some(if st.layer().view.data.is_some() {
+            "native"
+        } else {
+            "view"
+        })
+    }
+
     fn base(&self) -> Option<SnapshotId> {
         self.st.lock().base
     }
@@ -573,12 +646,8 @@ impl MountedWorkspace for OverlayWorkspace {
         self.is_dirty(&st).unwrap_or(true)
     }
 
-    fn snapshot(
-        &self,
-        label: Option<String>,
-        annotations: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Snapshot> {
-        self.do_snapshot(label, annotations)
+    fn snapshot_with(&self, req: helios_snapshot::SnapshotRequest) -> Result<Snapshot> {
+        self.do_snapshot(req)
     }
 
     fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {

@@ -26,10 +26,24 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
-        let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open repo"));
+        let state = dir.path().join("state");
+        Host::open(dir, &state)
+    }
+
+    /// A host over an existing state dir; mountpoints in a new dir under `parent`.
+    fn new_at(parent: &Path, state: &Path) -> Host {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
+        Host::open(dir, state)
+    }
+
+    fn open(dir: tempfile::TempDir, state: &Path) -> Host {
+        let repo = Arc::new(Repo::open(state).expect("open repo"));
         let engines = Engines::new(repo.clone(), MountOptions::default());
         if let Some(why) = engines.overlay_unavailable() {
             panic!("the overlay engine must work here (root, overlayfs): {why}");
+        }
+        if let Some(why) = engines.lowers().native_unavailable() {
+            panic!("native lowers must work here (Linux 6.18, overlayfs data-only layers): {why}");
         }
         Host {
             mounts: Vec::new(),
@@ -71,6 +85,7 @@ impl Drop for Host {
         for m in self.mounts.drain(..).rev() {
             let _ = m.unmount();
         }
+        self.engines.shutdown();
     }
 }
 
@@ -176,13 +191,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn both_engines_take_identical_snapshots(ops in prop::collection::vec(op(), 1..40)) {
+        // Three workspaces: fuse, overlay over a FUSE view, overlay over a native lower.
         let mut h = Host::new();
         let s0 = base(&h.repo);
         let f = h.mount(Engine::Fuse, Some(s0));
         let o = h.mount(Engine::Overlay, Some(s0));
-        let (fp, op_) = (h.path(f), h.path(o));
+        h.engines.warm(s0).expect("warm");
+        let n = h.mount(Engine::Overlay, Some(s0));
+        prop_assert_eq!(h.mounts[o].lower(), Some("view"));
+        prop_assert_eq!(h.mounts[n].lower(), Some("native"));
+        let (fp, op_, np) = (h.path(f), h.path(o), h.path(n));
         let mut snaps = Vec::new();
-        for (n, step) in ops.iter().enumerate() {
+        for (i, step) in ops.iter().enumerate() {
             if same_file_move(&fp, step) {
                 // Known difference: an overlay (index=off) answers ESTALE to a rename of
                 // a hard link onto another name of the same file; POSIX says no-op.
@@ -190,27 +210,41 @@ proptest! {
             }
             let rf = apply(&fp, step);
             let ro = apply(&op_, step);
-            prop_assert_eq!(rf, ro, "step {} {:?}", n, step);
+            let rn = apply(&np, step);
+            prop_assert_eq!(rf, ro, "step {} {:?}", i, step);
+            prop_assert_eq!(rf, rn, "step {} {:?} (native lower)", i, step);
             if matches!(step, Op::Snapshot) {
-                let (a, b) = (h.snapshot(f), h.snapshot(o));
-                prop_assert_eq!(a.root, b.root, "snapshot after step {} differs", n);
+                let (a, b, c) = (h.snapshot(f), h.snapshot(o), h.snapshot(n));
+                prop_assert_eq!(a.root, b.root, "snapshot after step {} differs", i);
+                prop_assert_eq!(a.root, c.root, "snapshot after step {} differs (native)", i);
                 prop_assert!(!h.mounts[o].dirty(), "clean after a snapshot");
-                snaps.push((a.id, b.id));
+                prop_assert!(!h.mounts[n].dirty(), "clean after a snapshot");
+                snaps.push((a.id, b.id, c.id));
             }
         }
         prop_assert_eq!(tree(&fp), tree(&op_));
-        let (a, b) = (h.snapshot(f), h.snapshot(o));
+        prop_assert_eq!(tree(&fp), tree(&np));
+        let (a, b, c) = (h.snapshot(f), h.snapshot(o), h.snapshot(n));
         prop_assert_eq!(a.root, b.root, "final snapshot differs");
-        // Back to an earlier snapshot in place, then more changes: still identical.
-        if let Some((sf, so)) = snaps.first().copied() {
+        prop_assert_eq!(a.root, c.root, "final snapshot differs (native)");
+        // Back to an earlier snapshot in place (the third onto a native lower of it),
+        // then more changes: still identical.
+        if let Some((sf, so, sn)) = snaps.first().copied() {
             h.mounts[f].checkout(sf, true).expect("checkout fuse");
             h.mounts[o].checkout(so, true).expect("checkout overlay");
+            h.engines.warm(sn).expect("warm");
+            h.mounts[n].checkout(sn, true).expect("checkout overlay (native)");
+            prop_assert_eq!(h.mounts[n].lower(), Some("native"));
             prop_assert_eq!(tree(&fp), tree(&op_));
+            prop_assert_eq!(tree(&fp), tree(&np));
             for step in ops.iter().rev().take(8).filter(|s| !same_file_move(&fp, s)) {
-                prop_assert_eq!(apply(&fp, step), apply(&op_, step));
+                let rf = apply(&fp, step);
+                prop_assert_eq!(rf, apply(&op_, step));
+                prop_assert_eq!(rf, apply(&np, step));
             }
-            let (a, b) = (h.snapshot(f), h.snapshot(o));
+            let (a, b, c) = (h.snapshot(f), h.snapshot(o), h.snapshot(n));
             prop_assert_eq!(a.root, b.root, "snapshot after a checkout differs");
+            prop_assert_eq!(a.root, c.root, "snapshot after a checkout differs (native)");
         }
     }
 }
@@ -353,4 +387,225 @@ fn an_empty_fork_remounts_over_the_empty_lower() {
         .collect();
     assert_eq!(names, ["g"]);
     h.mounts.push(again);
+}
+
+/// Every path with its type, permission bits, owner, mtime, size, content hash or
+/// target, and extended attributes (what a snapshot keeps of it).
+fn full_tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("-> {}", fs::read_link(&p).expect("readlink").display())
+            } else if ft.is_file() {
+                let data = fs::read(&p).expect("read");
+                format!("{} {}", data.len(), blake3::hash(&data).to_hex())
+            } else {
+                format!("special {:o}", m.mode() & 0o170000)
+            };
+            let mut xattrs: Vec<String> = xattr::list(&p)
+                .expect("listxattr")
+                .map(|n| {
+                    let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
+                    format!("{}={:?}", n.to_string_lossy(), v)
+                })
+                .collect();
+            xattrs.sort();
+            out.push(format!(
+                "{}|{}|{:o}|{}:{}|{}|{:?}",
+                p.strip_prefix(root).expect("prefix").display(),
+                what,
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                if ft.is_symlink() {
+                    0
+                } else {
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000
+                },
+                xattrs
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A tree with what a native lower must carry: empty, small and chunked files, modes
+/// with set-id bits, owners, mtimes, xattrs (user, security.capability), symlinks and a
+/// named pipe.
+fn rich_base(repo: &Repo) -> SnapshotId {
+    let src = tempfile::tempdir().expect("tempdir");
+    let s = src.path();
+    fs::create_dir_all(s.join("src/deep/er")).expect("mkdir");
+    fs::write(s.join("empty"), b"").expect("write");
+    fs::write(s.join("src/small"), b"small file").expect("write");
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(s.join("src/deep/big"), &big).expect("write");
+    fs::write(s.join("src/deep/er/tool"), b"#!/bin/sh\necho hi\n").expect("write");
+    fs::set_permissions(
+        s.join("src/deep/er/tool"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
+    std::os::unix::fs::chown(s.join("src/small"), Some(1000), Some(100)).expect("chown");
+    xattr::set(s.join("src/small"), "user.note", b"kept").expect("xattr");
+    // security.capability: cap_net_bind_service+ep, version 2.
+    let cap = [0, 0, 0, 2, 0, 4, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    xattr::set(s.join("src/deep/er/tool"), "security.capability", &cap).expect("xattr");
+    std::os::unix::fs::symlink("deep/big", s.join("src/link")).expect("symlink");
+    nix::unistd::mkfifo(
+        &s.join("src/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .expect("mkfifo");
+    fs::set_permissions(s.join("src/deep"), fs::Permissions::from_mode(0o750)).expect("chmod");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(s.join("src/small"))
+        .and_then(|f| f.set_modified(t))
+        .expect("mtime");
+    repo.import(s, None).expect("import").id
+}
+
+#[test]
+fn hot_snapshots_get_a_native_lower_the_same_as_their_view() {
+    let mut h = Host::new();
+    let s0 = rich_base(&h.repo);
+    let v = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(
+        h.mounts[v].lower(),
+        Some("view"),
+        "the first fork gets the view"
+    );
+    // The second request for the same lower starts a build in the background.
+    let w = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(h.mounts[w].lower(), Some("view"));
+    assert!(
+        h.engines
+            .lowers()
+            .wait_native(s0, std::time::Duration::from_secs(60)),
+        "a native lower gets built for a snapshot forked twice"
+    );
+    let n = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(h.mounts[n].lower(), Some("native"));
+    let (vp, np) = (h.path(v), h.path(n));
+    assert_eq!(full_tree(&vp), full_tree(&np), "native lower = view");
+    // The same changes over both give the same snapshot; the shared cache file is
+    // never written through.
+    for m in [&vp, &np] {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("src/deep/big"))
+            .expect("open");
+        std::io::Write::write_all(&mut f, b"appended").expect("append");
+        fs::set_permissions(m.join("src/small"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::rename(m.join("src/deep"), m.join("moved")).expect("rename dir");
+        fs::remove_file(m.join("empty")).expect("unlink");
+        fs::write(m.join("moved/er/new"), b"new").expect("write");
+    }
+    let no_times = |p: &Path| {
+        full_tree(p)
+            .into_iter()
+            .map(|l| {
+                let mut w: Vec<&str> = l.split('|').collect();
+                w.remove(4); // the mtime: the two workspaces were changed one after the other
+                w.join("|")
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(no_times(&vp), no_times(&np));
+    let (a, b) = (h.snapshot(v), h.snapshot(n));
+    assert_eq!(
+        a.root, b.root,
+        "the same snapshot over a view and a native lower"
+    );
+    let w_path = h.path(w);
+    assert_eq!(
+        fs::read(w_path.join("src/deep/big")).expect("read").len(),
+        3_000_000
+    );
+    let again = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(h.mounts[again].lower(), Some("native"));
+    assert_eq!(full_tree(&w_path), full_tree(&h.path(again)));
+}
+
+#[test]
+fn a_restart_reuses_native_lowers_after_checking_their_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (s0, before) = {
+        let mut h = Host::new_at(dir.path(), &state);
+        let s0 = rich_base(&h.repo);
+        h.engines.warm(s0).expect("warm");
+        let n = h.mount(Engine::Overlay, Some(s0));
+        assert_eq!(h.mounts[n].lower(), Some("native"));
+        (s0, full_tree(&h.path(n)))
+    };
+    // Damage a cache file the native lower names: the next daemon must not serve it.
+    let hash = {
+        let repo = Repo::open(&state).expect("open");
+        let small = repo
+            .entry_at(s0, "src/small")
+            .expect("entry")
+            .expect("exists");
+        let helios_snapshot::tree::EntryKind::File { content, .. } = small else {
+            panic!("a file")
+        };
+        content.hash.to_string()
+    };
+    let cached = state.join("cache").join(&hash[..2]).join(&hash);
+    fs::set_permissions(&cached, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::write(&cached, b"DAMAGED!!!").expect("damage");
+    let mut h = Host::new_at(dir.path(), &state);
+    let first = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(
+        h.mounts[first].lower(),
+        Some("view"),
+        "unchecked until checked"
+    );
+    assert!(
+        h.engines
+            .lowers()
+            .wait_native(s0, std::time::Duration::from_secs(60))
+    );
+    let n = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(
+        h.mounts[n].lower(),
+        Some("native"),
+        "reused after the check"
+    );
+    assert_eq!(
+        full_tree(&h.path(n)),
+        before,
+        "the damaged cache file was rebuilt"
+    );
+}
+
+#[test]
+fn native_lowers_can_be_switched_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Arc::new(Repo::open(&dir.path().join("state")).expect("open repo"));
+    let engines = helios_fs::Engines::without_overlay(repo.clone(), MountOptions::default());
+    let why = engines
+        .lowers()
+        .native_unavailable()
+        .expect("off with the overlay engine");
+    assert!(why.contains("overlay engine is off"), "{why}");
+    // Warming still fills the file cache.
+    let s0 = rich_base(&repo);
+    let w = engines.warm(s0).expect("warm");
+    assert!(!w.native);
+    assert_eq!(w.files, 3);
+    assert_eq!(w.bytes, 3_000_000 + 10 + 18);
 }

@@ -62,6 +62,25 @@ pub enum Op {
     Put(Cf, Vec<u8>, Vec<u8>),
     /// Remove `key`.
     Delete(Cf, Vec<u8>),
+    /// Add `value`, a run of big-endian 64-bit integers (two's complement), to the
+    /// run stored at `key` (missing counts as zeros), element by element: counters that
+    /// concurrent batches update without reading them first, in any order.
+    Add(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// `Op::Add`'s arithmetic: `base` plus `delta`, element-wise on big-endian 64-bit
+/// integers; the result has the longer length.
+pub fn add_counters(base: Option<&[u8]>, delta: &[u8]) -> Vec<u8> {
+    let base = base.unwrap_or_default();
+    let n = base.len().max(delta.len()) / 8;
+    let word = |b: &[u8], i: usize| -> u64 {
+        b.get(i * 8..i * 8 + 8)
+            .and_then(|w| w.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    (0..n)
+        .flat_map(|i| word(base, i).wrapping_add(word(delta, i)).to_be_bytes())
+        .collect()
 }
 
 /// Writes applied atomically: all or none.
@@ -82,6 +101,14 @@ impl Batch {
         let (key, value) = (key.into(), value.into());
         self.bytes += key.len() + value.len();
         self.ops.push(Op::Put(cf, key, value));
+    }
+
+    /// Adds `deltas` to the counters at `key` (see `Op::Add`).
+    pub fn add(&mut self, cf: Cf, key: impl Into<Vec<u8>>, deltas: &[i64]) {
+        let key = key.into();
+        let value: Vec<u8> = deltas.iter().flat_map(|d| d.to_be_bytes()).collect();
+        self.bytes += key.len() + value.len();
+        self.ops.push(Op::Add(cf, key, value));
     }
 
     /// Adds a delete.
@@ -111,9 +138,10 @@ impl Batch {
 pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
 /// Whether a write must be on stable storage before it returns.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Durability {
     /// Synced (fsync of the write-ahead log) before returning.
+    #[default]
     Sync,
     /// Buffered; made durable by a later synced write or a flush.
     Buffered,
@@ -150,6 +178,11 @@ fn apply(maps: &mut Maps, ops: impl IntoIterator<Item = Op>) {
             }
             Op::Delete(cf, k) => {
                 maps.entry(cf).or_default().remove(&k);
+            }
+            Op::Add(cf, k, delta) => {
+                let m = maps.entry(cf).or_default();
+                let v = add_counters(m.get(&k).map(Vec::as_slice), &delta);
+                m.insert(k, v);
             }
         }
     }

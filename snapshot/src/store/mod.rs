@@ -180,17 +180,19 @@ impl Store {
         bytes: i64,
         durability: Durability,
     ) -> Result<()> {
-        let _guard = self.counter_lock.lock();
-        let o = (self.objects.load(Ordering::Relaxed) as i64 + objects).max(0) as u64;
-        let b = (self.stored_bytes.load(Ordering::Relaxed) as i64 + bytes).max(0) as u64;
+        // A delta, not a value: concurrent commits reach the backend without a lock
+        // (RocksDB groups their log syncs into one), in whatever order.
         if objects != 0 || bytes != 0 {
-            let mut v = o.to_be_bytes().to_vec();
-            v.extend_from_slice(&b.to_be_bytes());
-            batch.put(Cf::Meta, META_OBJECT_STATS, v);
+            batch.add(Cf::Meta, META_OBJECT_STATS, &[objects, bytes]);
         }
         self.backend.write(batch, durability)?;
-        self.objects.store(o, Ordering::Relaxed);
-        self.stored_bytes.store(b, Ordering::Relaxed);
+        let _guard = self.counter_lock.lock();
+        let add = |c: &AtomicU64, d: i64| {
+            let v = (c.load(Ordering::Relaxed) as i64 + d).max(0) as u64;
+            c.store(v, Ordering::Relaxed);
+        };
+        add(&self.objects, objects);
+        add(&self.stored_bytes, bytes);
         Ok(())
     }
 

@@ -71,6 +71,15 @@ impl Workspace {
         label: Option<String>,
         annotations: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Snapshot> {
+        self.snapshot_with(crate::SnapshotRequest {
+            label,
+            annotations,
+            ..Default::default()
+        })
+    }
+
+    /// `snapshot` with every choice of the request (durability among them).
+    pub fn snapshot_with(&self, req: crate::SnapshotRequest) -> Result<Snapshot> {
         self.check_writable()?;
         let _sync = self.sync_lock.lock();
         let _gc = self.shared.gc_lock.read();
@@ -86,9 +95,10 @@ impl Workspace {
         };
         let landing = Landing::Snapshot {
             parent,
-            label,
-            annotations,
+            label: req.label,
+            annotations: req.annotations,
             start,
+            durability: req.durability,
         };
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }
