@@ -109,6 +109,8 @@ enum Cmd {
     Unmount { workspace: String },
     /// Write a snapshot into a directory (missing or empty).
     Export { snapshot: String, dir: PathBuf },
+    /// The FUSE requests a mounted workspace served, by opcode (since it was mounted).
+    Requests { workspace: String },
     /// Make forks of a snapshot fast: its files in the file cache and, for the overlay
     /// engine, a native lower layer the kernel reads alone (the root of a search tree).
     Warm { snapshot: String },
@@ -454,6 +456,21 @@ fn run(cli: Cli) -> Result<()> {
                 Some(json!({"path": dir})),
             )?;
             (v, format!("exported {snapshot} to {}", dir.display()))
+        }
+        Cmd::Requests { workspace } => {
+            let id = workspace_id(&c, &workspace)?;
+            let v = c.call("GET", &format!("/v1/workspaces/{id}/requests"), None)?;
+            let mut h = format!(
+                "{id} ({}): {} requests",
+                v["engine"].as_str().unwrap_or("?"),
+                v["total"]
+            );
+            if let Some(ops) = v["by_op"].as_object() {
+                for (op, n) in ops {
+                    h.push_str(&format!("\n  {op:<16} {n}"));
+                }
+            }
+            (v, h)
         }
         Cmd::Warm { snapshot } => {
             let v = c.call("POST", &format!("/v1/snapshots/{snapshot}/warm"), None)?;

@@ -113,6 +113,31 @@ impl Daemon {
         })
     }
 
+    /// The FUSE requests a mounted workspace served, by opcode.
+    pub fn requests(&self, id: WorkspaceId) -> ApiResult<serde_json::Value> {
+        self.repo.workspace_record(id)?;
+        let mounted = self.mounts.lock().get(&id).cloned();
+        let Some(m) = mounted else {
+            return Err(crate::error::ApiError::conflict(
+                "not_mounted",
+                format!("workspace {id} is not mounted"),
+            ));
+        };
+        let by_op: serde_json::Map<String, serde_json::Value> = m
+            .mount
+            .requests()
+            .into_iter()
+            .map(|(op, n)| (op.to_string(), n.into()))
+            .collect();
+        let total: u64 = by_op.values().filter_map(serde_json::Value::as_u64).sum();
+        Ok(serde_json::json!({
+            "workspace": id.to_string(),
+            "engine": m.mount.engine().name(),
+            "total": total,
+            "by_op": by_op,
+        }))
+    }
+
     /// Makes forks of snapshot `id` fast (every file in the file cache; a native lower
     /// layer for the overlay engine where it works).
     pub fn warm(&self, id: SnapshotId) -> ApiResult<helios_fs::Warmed> {

@@ -215,6 +215,11 @@ pub trait MountedWorkspace: Send + Sync + std::fmt::Debug {
     fn lower(&self) -> Option<&'static str> {
         None
     }
+    /// The FUSE requests its mount served, by opcode, for an engine that serves any
+    /// (the overlay engine serves none: the kernel does it all).
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// The snapshot it stands on.
     fn base(&self) -> Option<SnapshotId>;
     /// True when its content differs from its base.
@@ -266,6 +271,10 @@ impl MountedWorkspace for Mount {
 
     fn snapshot_with(&self, req: SnapshotRequest) -> Result<Snapshot> {
         Mount::snapshot_with(self, req)
+    }
+
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        Mount::requests(self)
     }
 
     fn checkout(&self, id: SnapshotId, discard: bool) -> Result<()> {

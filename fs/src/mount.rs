@@ -119,6 +119,11 @@ impl Mount {
         &self.mountpoint
     }
 
+    /// The FUSE requests this mount has served, by opcode (those with a count).
+    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+        self.inner.counts.read()
+    }
+
     /// Whether open files are passed through to the kernel.
     pub fn passthrough(&self) -> bool {
         self.inner.passthrough.load(Ordering::Relaxed)

@@ -192,8 +192,10 @@ pub struct StubStats {
     pub paths: u64,
     /// Regular files whose bytes live in the materialized-file cache.
     pub stubs: u64,
-    /// Their bytes.
+    /// Bytes of the regular files written (stubs and inlined).
     pub bytes: u64,
+    /// Regular files written with their bytes (at most `inline_max`).
+    pub inlined: u64,
 }
 
 impl Repo {
@@ -204,15 +206,17 @@ impl Repo {
     }
 
     /// Writes snapshot `id` into `target` (missing or empty) as `export` does, except
-    /// that each non-empty regular file is a sparse file of its size with its
-    /// attributes, whose bytes are put in the materialized-file cache: `tag(stub,
+    /// that each regular file larger than `inline_max` is a sparse file of its size with
+    /// its attributes, whose bytes are put in the materialized-file cache: `tag(stub,
     /// cache_file)` then marks the stub (the overlay engine names the cache file in
-    /// its data-only layer). With `target` `None` only the cache is filled (and every
-    /// cached file this process had not checked yet is verified against its hash).
+    /// its data-only layer). With `target` `None` only the cache is filled with those
+    /// files (and every cached file this process had not checked yet is verified
+    /// against its hash).
     pub fn export_stubs(
         &self,
         id: SnapshotId,
         target: Option<&Path>,
+        inline_max: u64,
         tag: &mut dyn FnMut(&Path, &Path) -> Result<()>,
     ) -> Result<StubStats> {
         let snap = self.snapshot(id)?;
@@ -221,7 +225,7 @@ impl Repo {
         }
         let node = DirNode::load(self.store(), &snap.tree)?;
         let mut stats = StubStats::default();
-        self.stub_dir(&node, target, tag, &mut stats)?;
+        self.stub_dir(&node, target, inline_max, tag, &mut stats)?;
         Ok(stats)
     }
 
@@ -229,6 +233,7 @@ impl Repo {
         &self,
         node: &DirNode,
         dir: Option<&Path>,
+        inline_max: u64,
         tag: &mut dyn FnMut(&Path, &Path) -> Result<()>,
         stats: &mut StubStats,
     ) -> Result<()> {
@@ -242,10 +247,10 @@ impl Repo {
                         fs::create_dir(p).map_err(io_err("create", p))?;
                     }
                     let child = DirNode::load(self.store(), h)?;
-                    self.stub_dir(&child, p.as_deref(), tag, stats)?;
+                    self.stub_dir(&child, p.as_deref(), inline_max, tag, stats)?;
                 }
                 EntryKind::File { attrs, content } => {
-                    let cached = (content.size > 0)
+                    let cached = (content.size > inline_max)
                         .then(|| self.shared.materialize(content))
                         .transpose()?;
                     if cached.is_some() {
@@ -258,8 +263,17 @@ impl Repo {
                         .create_new(true)
                         .open(&p)
                         .map_err(io_err("create", &p))?;
-                    f.set_len(content.size).map_err(io_err("truncate", &p))?;
-                    drop(f);
+                    if cached.is_some() {
+                        f.set_len(content.size).map_err(io_err("truncate", &p))?;
+                    } else if content.size > 0 {
+                        stats.inlined += 1;
+                        stats.bytes += content.size;
+                        let mut out = std::io::BufWriter::with_capacity(64 << 10, f);
+                        tree::write_content(self.store(), content, &mut out)?;
+                        out.into_inner().map_err(|e| {
+                            Error::io(format!("write {}", p.display()), e.into_error())
+                        })?;
+                    }
                     set_attrs(&p, attrs, false)?;
                     if let Some(c) = cached {
                         tag(&p, &c)?;

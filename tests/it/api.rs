@@ -262,3 +262,37 @@ fn metrics_are_prometheus_text() {
     assert!(text.contains("helios_workspaces_mounted 1"), "{text}");
     assert!(text.contains("helios_http_requests_total{method=\"POST\",route=\"/v1/workspaces/{id}/snapshot\",status=\"201\"} 1"), "{text}");
 }
+
+/// Issue 10, item 1: a fuse workspace counts the requests its mount serves, by opcode;
+/// an overlay workspace serves none.
+#[test]
+fn fuse_requests_are_counted_by_opcode() {
+    let d = Daemon::start();
+    let fuse = d.path("fuse");
+    fs::create_dir(&fuse).expect("mkdir");
+    let fp = fuse.to_str().expect("utf8");
+    d.ok(&["mount", fp, "--engine", "fuse"]);
+    let before = d.json(&["requests", fp]);
+    assert_eq!(before["engine"], "fuse", "{before}");
+    for i in 0..20 {
+        fs::write(fuse.join(format!("f{i}")), "x").expect("write");
+    }
+    let after = d.json(&["requests", fp]);
+    let n = |v: &serde_json::Value, op: &str| v["by_op"][op].as_u64().unwrap_or(0);
+    assert_eq!(n(&after, "create") - n(&before, "create"), 20, "{after}");
+    let total = |v: &serde_json::Value| v["total"].as_u64().expect("total");
+    assert!(total(&after) >= total(&before) + 40, "{before} {after}");
+    let human = d.ok(&["requests", fp]);
+    assert!(human.contains("create"), "{human}");
+
+    let ov = d.path("ov");
+    fs::create_dir(&ov).expect("mkdir");
+    let op = ov.to_str().expect("utf8");
+    d.ok(&["mount", op, "--engine", "overlay"]);
+    fs::write(ov.join("f"), "x").expect("write");
+    let v = d.json(&["requests", op]);
+    assert_eq!(v["engine"], "overlay", "{v}");
+    assert_eq!(v["total"], 0, "{v}");
+    let (code, body) = d.http("GET", "/v1/workspaces/w99/requests", None);
+    assert_eq!(code, 404, "{body}");
+}

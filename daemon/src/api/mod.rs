@@ -231,6 +231,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/v1/workspaces/{id}/snapshot", post(workspaces::snapshot))
         .route("/v1/workspaces/{id}/checkout", post(workspaces::checkout))
+        .route("/v1/workspaces/{id}/requests", get(workspaces::requests))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -1,4 +1,5 @@
-//! `/v1/workspaces`: create (fork + mount), list, get, snapshot, checkout, delete.
+//! `/v1/workspaces`: create (fork + mount), list, get, snapshot, checkout, delete,
+//! request counts.
 
 use axum::Json;
 use axum::extract::State;
@@ -99,4 +100,14 @@ pub async fn delete(
     let d = app.daemon.clone();
     blocking(move || d.delete(id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/workspaces/{id}/requests`: the FUSE requests its mount served, by opcode.
+pub async fn requests(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id: WorkspaceId = parse_id(&id)?;
+    let d = app.daemon.clone();
+    Ok(Json(blocking(move || d.requests(id)).await?))
 }

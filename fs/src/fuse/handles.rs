@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     pub(super) no_open: AtomicBool,
     /// The files those reads are served from, by inode (bounded).
     pub(super) stateless: Mutex<HashMap<Ino, Arc<File>>>,
+    /// Requests served, by opcode.
+    pub(crate) counts: super::counts::RequestCounts,
 }
 
 /// Files kept open for stateless reads at most; past this, the set starts over.
@@ -73,6 +75,7 @@ impl Inner {
             notifier: std::sync::OnceLock::new(),
             no_open: AtomicBool::new(false),
             stateless: Mutex::new(HashMap::new()),
+            counts: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! negative entries handed out), `convert` (core types to FUSE ones and back).
 
 mod convert;
+pub(crate) mod counts;
 mod handles;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use parking_lot::Mutex;
 use crate::errno::{errno, io_errno};
 pub(crate) use convert::attr;
 use convert::*;
+use counts::Op;
 pub(crate) use handles::Inner;
 use handles::*;
 
@@ -47,6 +49,7 @@ pub(crate) struct HeliosFs(pub(crate) Arc<Inner>);
 
 impl Filesystem for HeliosFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.0.counts.bump(Op::init);
         let caps = config.capabilities();
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
@@ -91,6 +94,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        self.0.counts.bump(Op::lookup);
         let result = name(n).and_then(|n| {
             self.0
                 .ws
@@ -118,10 +122,12 @@ impl Filesystem for HeliosFs {
     }
 
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
+        self.0.counts.bump(Op::forget);
         self.0.ws.forget(ino(i), nlookup);
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.0.counts.bump(Op::getattr);
         match self.0.ws.getattr(ino(i)) {
             Ok(s) => reply.attr(&TTL, &attr(&s)),
             Err(e) => reply.error(errno("getattr", &e)),
@@ -146,6 +152,7 @@ impl Filesystem for HeliosFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.0.counts.bump(Op::setattr);
         // With HANDLE_KILLPRIV_V2 the filesystem clears set-id bits (the kernel's flag for
         // it does not reach us through fuser): on a chown, and on a truncate by a process
         // without CAP_FSETID (taken as: not root), as ext4 does.
@@ -173,6 +180,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        self.0.counts.bump(Op::readlink);
         match self.0.ws.readlink(ino(i)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", &e)),
@@ -189,6 +197,7 @@ impl Filesystem for HeliosFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.0.counts.bump(Op::mknod);
         let special = match mode & libc::S_IFMT {
             libc::S_IFREG => None,
             libc::S_IFIFO => Some(Special::Fifo),
@@ -218,6 +227,7 @@ impl Filesystem for HeliosFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.0.counts.bump(Op::mkdir);
         let result = name(n).and_then(|n| {
             self.0
                 .ws
@@ -228,6 +238,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.0.counts.bump(Op::unlink);
         let result = name(n).and_then(|n| {
             self.0
                 .ws
@@ -238,6 +249,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.0.counts.bump(Op::rmdir);
         let result = name(n).and_then(|n| {
             self.0
                 .ws
@@ -255,6 +267,7 @@ impl Filesystem for HeliosFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.0.counts.bump(Op::symlink);
         let result = name(link).and_then(|n| {
             self.0
                 .ws
@@ -280,6 +293,7 @@ impl Filesystem for HeliosFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::rename);
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -307,6 +321,7 @@ impl Filesystem for HeliosFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.0.counts.bump(Op::link);
         let result = name(newname).and_then(|n| {
             self.0
                 .ws
@@ -320,6 +335,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.0.counts.bump(Op::open);
         if self.0.no_open.load(Ordering::Relaxed) {
             // The kernel takes ENOSYS as "stateless files": no more opens or releases.
             return reply.error(Errno::ENOSYS);
@@ -348,6 +364,7 @@ impl Filesystem for HeliosFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.0.counts.bump(Op::read);
         let h;
         let stateless;
         let file: &File = if fh.0 == 0 && self.0.no_open.load(Ordering::Relaxed) {
@@ -391,6 +408,7 @@ impl Filesystem for HeliosFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.0.counts.bump(Op::write);
         let h = match self.0.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -424,6 +442,7 @@ impl Filesystem for HeliosFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::flush);
         if fh.0 == 0 && self.0.no_open.load(Ordering::Relaxed) {
             // A stateless file of a read-only view has nothing to flush; ENOSYS tells
             // the kernel to stop asking, so a close costs no round trip either.
@@ -465,6 +484,7 @@ impl Filesystem for HeliosFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::release);
         self.0.release_handle(fh);
         reply.ok();
     }
@@ -477,6 +497,7 @@ impl Filesystem for HeliosFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::fsync);
         let h = match self.0.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -512,6 +533,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.0.counts.bump(Op::opendir);
         match self.dir_entries(ino(i)) {
             Ok(entries) => {
                 let fh = self.0.add_handle(Handle::Dir { entries });
@@ -534,6 +556,7 @@ impl Filesystem for HeliosFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.0.counts.bump(Op::readdir);
         let entries = match self.entries_for(i, fh, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -554,6 +577,7 @@ impl Filesystem for HeliosFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.0.counts.bump(Op::readdirplus);
         let entries = match self.entries_for(i, fh, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -587,6 +611,7 @@ impl Filesystem for HeliosFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::releasedir);
         self.0.handles.lock().remove(&fh.0);
         reply.ok();
     }
@@ -599,6 +624,7 @@ impl Filesystem for HeliosFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::fsyncdir);
         // Names created, renamed or removed in the workspace become durable.
         match self.0.ws.sync() {
             Ok(()) => reply.ok(),
@@ -607,6 +633,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        self.0.counts.bump(Op::statfs);
         let dir = if self.0.state_dir.exists() {
             self.0.state_dir.clone()
         } else {
@@ -641,6 +668,7 @@ impl Filesystem for HeliosFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::setxattr);
         let mode = match flags {
             0 => XattrMode::Set,
             libc::XATTR_CREATE => XattrMode::Create,
@@ -657,6 +685,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        self.0.counts.bump(Op::getxattr);
         match self.0.ws.getxattr(ino(i), n.as_bytes()) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
@@ -666,6 +695,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        self.0.counts.bump(Op::listxattr);
         match self.0.ws.listxattr(ino(i)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -686,6 +716,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.0.counts.bump(Op::removexattr);
         match self.0.ws.removexattr(ino(i), n.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("removexattr", &e)),
@@ -693,6 +724,7 @@ impl Filesystem for HeliosFs {
     }
 
     fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.0.counts.bump(Op::access);
         // Permission checks are the kernel's (default_permissions); this only says
         // whether the inode exists.
         match self.0.ws.getattr(ino(i)) {
@@ -711,6 +743,7 @@ impl Filesystem for HeliosFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.0.counts.bump(Op::create);
         let n = match name(n) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -754,6 +787,7 @@ impl Filesystem for HeliosFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.0.counts.bump(Op::ioctl);
         // No device-like controls on workspace files. ENOTTY is what a regular file
         // answers (Python's open() asks isatty() of every file it opens).
         reply.error(Errno::ENOTTY);
@@ -769,6 +803,7 @@ impl Filesystem for HeliosFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.0.counts.bump(Op::fallocate);
         let h = match self.0.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -798,6 +833,7 @@ impl Filesystem for HeliosFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.0.counts.bump(Op::lseek);
         let h = match self.0.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -832,6 +868,7 @@ impl Filesystem for HeliosFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.0.counts.bump(Op::copy_file_range);
         let (hin, hout) = match (self.0.handle(fh_in), self.0.handle(fh_out)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),

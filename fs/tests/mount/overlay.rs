@@ -552,11 +552,12 @@ fn a_restart_reuses_native_lowers_after_checking_their_files() {
         assert_eq!(h.mounts[n].lower(), Some("native"));
         (s0, full_tree(&h.path(n)))
     };
-    // Damage a cache file the native lower names: the next daemon must not serve it.
+    // Damage a cache file the native lower names (same length, other bytes): the next
+    // daemon must not serve it.
     let hash = {
         let repo = Repo::open(&state).expect("open");
         let small = repo
-            .entry_at(s0, "src/small")
+            .entry_at(s0, "src/deep/big")
             .expect("entry")
             .expect("exists");
         let helios_snapshot::tree::EntryKind::File { content, .. } = small else {
@@ -566,7 +567,7 @@ fn a_restart_reuses_native_lowers_after_checking_their_files() {
     };
     let cached = state.join("cache").join(&hash[..2]).join(&hash);
     fs::set_permissions(&cached, fs::Permissions::from_mode(0o644)).expect("chmod");
-    fs::write(&cached, b"DAMAGED!!!").expect("damage");
+    fs::write(&cached, vec![b'!'; 3_000_000]).expect("damage");
     let mut h = Host::new_at(dir.path(), &state);
     let first = h.mount(Engine::Overlay, Some(s0));
     assert_eq!(
