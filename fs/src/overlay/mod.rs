@@ -63,6 +63,16 @@ pub(crate) struct Lower {
     mount: Mutex<Option<Mount>>,
 }
 
+impl Lower {
+    /// FUSE requests this view has served (0 for a native lower).
+    fn served(&self) -> u64 {
+        self.mount
+            .lock()
+            .as_ref()
+            .map_or(0, |m| m.requests().iter().map(|(_, n)| n).sum())
+    }
+}
+
 impl Drop for Lower {
     fn drop(&mut self) {
         if let Some(m) = self.mount.lock().take() {
@@ -172,17 +182,24 @@ impl Lowers {
     /// The lower layer of snapshot `id`: its native one if ready, else its view
     /// (mounting it if no workspace uses it yet).
     pub(crate) fn get(&self, id: Option<SnapshotId>) -> Result<Arc<Lower>> {
-        if let Some(id) = id {
-            if let Some(l) = self.natives.get(id) {
-                return Ok(l);
-            }
-            self.natives.note_view(id);
+        if let Some(id) = id
+            && let Some(l) = self.natives.get(id)
+        {
+            return Ok(l);
         }
         let mut open = self.open.lock();
         if let Some(l) = open.get(&id).and_then(Weak::upgrade) {
             drop(open);
+            if let Some(id) = id {
+                // Forked again, over a view its workspaces read much of: a native lower
+                // pays for itself.
+                self.natives.note_view(id, l.served());
+            }
             self.touch(&l);
             return Ok(l);
+        }
+        if let Some(id) = id {
+            self.natives.note_view(id, 0);
         }
         // A path of its own: the unmount of a released view runs in the background and
         // must never hit a newer view of the same snapshot.

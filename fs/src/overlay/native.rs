@@ -2,9 +2,10 @@
 //! dir's filesystem, for the snapshots that are forked often. A FUSE view is ready in
 //! O(1) but every first lookup and read of the lower tree costs a round trip to the
 //! daemon; a native lower is read by the kernel alone, at the speed of a hand-mounted
-//! overlay, but costs O(tree) to build. So a view serves at once, and the second time a
-//! snapshot's lower is asked for (or when a caller warms it), a native one is built in
-//! the background and serves every later mount over that snapshot.
+//! overlay, but costs O(tree) to build. So a view serves at once, and when a snapshot's
+//! lower is asked for again after its view served many requests (`HOT_REQUESTS`), or when
+//! a caller warms it, a native one is built in the background and serves every later
+//! mount over that snapshot.
 //!
 //! A native lower holds no file data (composefs' layout, on a plain directory instead
 //! of an EROFS image): each non-empty regular file is a sparse stub with the file's
@@ -41,7 +42,16 @@ const KEEP: usize = 8;
 /// took 3.9 s with every file a stub, hand-mounted overlayfs 0.29 s). 6,950 of its
 /// files, 83 of its 250 MB, are this small.
 const INLINE_MAX: u64 = 64 << 10;
-/// The how-many-th request for a snapshot's lower starts building a native one.
+/// A native lower is built for a snapshot whose lower is asked for again (a fork or a
+/// checkout onto it) once its view has served this many FUSE requests: the workspaces
+/// over it read much of the tree (a build, `git status`, a search), so the view's round
+/// trips cost more than the build. A view that served little (an agent that touches a
+/// few files of a large tree) is cheap, and an O(tree) build for every node a search
+/// visits twice would load the disk for nothing (seen in the api bench: checkouts
+/// alternating between two 10k-file snapshots went from 1.5 to 7.6 ms p50 while both
+/// were being built).
+const HOT_REQUESTS: u64 = 2000;
+/// The how-many-th request for a snapshot's lower may start building a native one.
 const HOT_AFTER: u32 = 2;
 /// Builds queued at most (each costs O(tree)).
 const MAX_PENDING: usize = 4;
@@ -185,7 +195,7 @@ impl Natives {
 
     /// Notes that a view of `id` was asked for; the hot ones get a native lower built
     /// in the background.
-    pub(crate) fn note_view(self: &Arc<Self>, id: SnapshotId) {
+    pub(crate) fn note_view(self: &Arc<Self>, id: SnapshotId, served: u64) {
         if self.unusable().is_some() {
             return;
         }
@@ -196,7 +206,7 @@ impl Natives {
             }
             let n = st.uses.entry(id).or_default();
             *n += 1;
-            let hot = *n >= HOT_AFTER || st.unchecked.contains(&id);
+            let hot = (*n >= HOT_AFTER && served >= HOT_REQUESTS) || st.unchecked.contains(&id);
             // A bounded queue: a search that forks every new node twice must not line
             // up O(tree) builds faster than they finish; later uses ask again.
             hot && st.pending.len() < MAX_PENDING

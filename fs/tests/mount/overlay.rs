@@ -445,6 +445,10 @@ fn rich_base(repo: &Repo) -> SnapshotId {
     let src = tempfile::tempdir().expect("tempdir");
     let s = src.path();
     fs::create_dir_all(s.join("src/deep/er")).expect("mkdir");
+    fs::create_dir_all(s.join("src/many")).expect("mkdir");
+    for i in 0..1200 {
+        fs::write(s.join(format!("src/many/m{i}")), format!("{i}")).expect("write");
+    }
     fs::write(s.join("empty"), b"").expect("write");
     fs::write(s.join("src/small"), b"small file").expect("write");
     let big: Vec<u8> = (0..3_000_000u32)
@@ -488,9 +492,22 @@ fn hot_snapshots_get_a_native_lower_the_same_as_their_view() {
         Some("view"),
         "the first fork gets the view"
     );
-    // The second request for the same lower starts a build in the background.
+    // A second fork while the view has served little: no build.
     let w = h.mount(Engine::Overlay, Some(s0));
     assert_eq!(h.mounts[w].lower(), Some("view"));
+    assert!(
+        !h.engines
+            .lowers()
+            .wait_native(s0, std::time::Duration::from_millis(200))
+    );
+    // The workspaces read much of the tree through the view; the next fork starts a
+    // build in the background.
+    for i in 0..1200 {
+        let got = fs::read(h.path(v).join(format!("src/many/m{i}"))).expect("read");
+        assert_eq!(got, format!("{i}").as_bytes());
+    }
+    let w2 = h.mount(Engine::Overlay, Some(s0));
+    assert_eq!(h.mounts[w2].lower(), Some("view"));
     assert!(
         h.engines
             .lowers()
@@ -607,6 +624,7 @@ fn native_lowers_can_be_switched_off() {
     let s0 = rich_base(&repo);
     let w = engines.warm(s0).expect("warm");
     assert!(!w.native);
-    assert_eq!(w.files, 3);
-    assert_eq!(w.bytes, 3_000_000 + 10 + 18);
+    assert_eq!(w.files, 3 + 1200);
+    let many: u64 = (0..1200).map(|i: u32| i.to_string().len() as u64).sum();
+    assert_eq!(w.bytes, 3_000_000 + 10 + 18 + many);
 }
