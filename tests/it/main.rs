@@ -8,6 +8,7 @@ mod hostile;
 mod lifecycle;
 mod mcts;
 mod overlay;
+mod sandbox;
 mod soak;
 
 use std::io::{Read, Write};
