@@ -23,7 +23,7 @@ pub enum Edit {
     /// file, or a whole stored directory.
     Entry(EntryKind),
     /// Whatever is there becomes a regular file whose bytes are read from `source` when
-    /// the commit is built.
+    /// the commit is built (a `source` gone by then leaves the path as the base has it).
     File {
         /// Its attributes.
         attrs: Attrs,
@@ -196,8 +196,14 @@ fn apply_dir(
             }
             Some(Edit::File { attrs, source }) => {
                 leaf("file")?;
-                let f = std::fs::File::open(source)
-                    .map_err(|e| Error::io(format!("open {}", source.display()), e))?;
+                let f = match std::fs::File::open(source) {
+                    Ok(f) => f,
+                    // Renamed or deleted since the edit was made (an agent writing while
+                    // its workspace is snapshotted): the path stays as the base has it,
+                    // and a later snapshot records where the file went.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(format!("open {}", source.display()), e)),
+                };
                 let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;
                 let kind = EntryKind::File {
                     attrs: attrs.clone(),

@@ -323,6 +323,10 @@ impl State {
     }
 }
 
+/// How often a snapshot scans the upper again when an entry vanished under it in a way
+/// the scan and commit do not skip.
+const SCAN_ATTEMPTS: u32 = 4;
+
 /// How many upper files' contents a workspace remembers between snapshots.
 const KNOWN_MAX: usize = 1 << 20;
 
@@ -478,14 +482,31 @@ impl OverlayWorkspace {
     fn do_snapshot(&self, req: helios_snapshot::SnapshotRequest) -> Result<Snapshot> {
         let mut st = self.st.lock();
         let layer = st.layer();
-        let scan = scan::scan(&layer.upper(), true, &st.known)?;
-        let s = self.repo.commit_edits_with(
-            layer.lower_id,
-            st.base,
-            &scan.edits,
-            req,
-            Some(self.id),
-        )?;
+        // The agent may rename or delete files while the upper is scanned and read (no
+        // freeze): an entry gone between the scan and the commit's read of it fails that
+        // commit whole, and the scan is taken again.
+        let mut attempt = 0;
+        let (scan, s) = loop {
+            attempt += 1;
+            let result = scan::scan(&layer.upper(), true, &st.known).and_then(|scan| {
+                let s = self.repo.commit_edits_with(
+                    layer.lower_id,
+                    st.base,
+                    &scan.edits,
+                    req.clone(),
+                    Some(self.id),
+                )?;
+                Ok((scan, s))
+            });
+            match result {
+                Err(Error::Core(helios_snapshot::Error::Io { source, .. }))
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < SCAN_ATTEMPTS =>
+                {
+                    std::thread::yield_now();
+                }
+                other => break other?,
+            }
+        };
         st.base = Some(s.id);
         Self::record_clean(&mut st, scan.sig);
         // Learn what the commit stored for the files it read, keyed by their stat at

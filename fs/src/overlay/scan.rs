@@ -49,6 +49,20 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// True for an overlay whiteout: a character device 0/0.
+/// `None` for an entry removed or renamed since it was listed (the agent may write while
+/// its workspace is snapshotted; a later snapshot sees where it went).
+fn gone_is_none<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Core(helios_snapshot::Error::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn is_whiteout(m: &Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
@@ -179,11 +193,15 @@ fn walk(
     h: &mut impl Hasher,
 ) -> Result<()> {
     let edits = w.edits;
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map_err(io("read", dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()
-        .map_err(io("read", dir))?;
+    let mut names: Vec<_> = match fs::read_dir(dir).and_then(|d| {
+        d.map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+    }) {
+        Ok(names) => names,
+        // Removed or renamed meanwhile (the agent may write during a snapshot).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io("read", dir)(e)),
+    };
     names.sort();
     for name in names {
         let path = dir.join(&name);
@@ -210,7 +228,11 @@ fn walk(
             // The sig-only scan needs no lower paths (nor xattr reads).
             let mut child_lower = None;
             if edits {
-                let raw = helios_snapshot::host_attrs(&path, &m)?;
+                let Some(raw) =
+                    gone_is_none(helios_snapshot::host_attrs(&path, &m).map_err(Error::from))?
+                else {
+                    continue;
+                };
                 let (lower_path, edit) = dir_edit(raw, lower, &name.to_string_lossy());
                 w.out.set(&rel, edit)?;
                 child_lower = lower_path;
@@ -225,21 +247,28 @@ fn walk(
             Edit::Delete
         } else if ft.is_file() {
             let key = stat_key(&m);
+            let Some(attrs) = gone_is_none(attrs(&path, &m))? else {
+                continue;
+            };
             match w.known.get(&rel) {
                 Some((k, content)) if *k == key => Edit::Entry(EntryKind::File {
-                    attrs: attrs(&path, &m)?,
+                    attrs,
                     content: *content,
                 }),
                 _ => {
                     w.fresh.push((rel.clone(), key));
                     Edit::File {
-                        attrs: attrs(&path, &m)?,
+                        attrs,
                         source: path.clone(),
                     }
                 }
             }
         } else {
-            let mut kind = helios_snapshot::host_special(&path, &m)?;
+            let Some(mut kind) =
+                gone_is_none(helios_snapshot::host_special(&path, &m).map_err(Error::from))?
+            else {
+                continue;
+            };
             if let EntryKind::Symlink { attrs, .. } | EntryKind::Special { attrs, .. } = &mut kind {
                 strip_overlay_xattrs(attrs);
             }

@@ -5,11 +5,32 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::{Command, Stdio};
 
-use super::Fixture;
+use helios_fs::Engine;
 
-#[test]
-fn snapshot_write_checkout_round_trip() {
-    let fx = Fixture::new();
+use super::{EngineFixture, Fixture};
+
+/// Runs each test once per engine: `checkout::fuse::NAME` and `checkout::overlay::NAME`
+/// (a process inside the mount following a checkout is the FUSE engine's: an overlay
+/// checkout replaces the mount, and a working directory keeps the old one).
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod fuse {
+            $(#[test] fn $name() { super::$name(helios_fs::Engine::Fuse) })*
+        }
+        mod overlay {
+            $(#[test] fn $name() { super::$name(helios_fs::Engine::Overlay) })*
+        }
+    };
+}
+
+both_engines!(
+    snapshot_write_checkout_round_trip,
+    checkout_refuses_uncommitted_writes_through_open_handles,
+    snapshots_while_writers_run_stay_consistent,
+);
+
+fn snapshot_write_checkout_round_trip(engine: Engine) {
+    let fx = EngineFixture::new(engine);
     fs::create_dir(fx.p("src")).expect("mkdir");
     fs::write(fx.p("src/main.py"), b"print(1)\n").expect("write");
     fs::write(fx.p("keep"), b"unchanged").expect("write");
@@ -57,9 +78,8 @@ fn snapshot_write_checkout_round_trip() {
     assert!(fs::metadata(fx.p("keep")).is_err());
 }
 
-#[test]
-fn checkout_refuses_uncommitted_writes_through_open_handles() {
-    let fx = Fixture::new();
+fn checkout_refuses_uncommitted_writes_through_open_handles(engine: Engine) {
+    let fx = EngineFixture::new(engine);
     fs::write(fx.p("f"), b"v1").expect("write");
     let s1 = fx
         .mount()
@@ -143,15 +163,15 @@ fn a_process_inside_the_mount_sees_the_new_tree() {
     assert_eq!(rest.trim(), "after");
 }
 
-#[test]
-fn snapshots_while_writers_run_stay_consistent() {
+fn snapshots_while_writers_run_stay_consistent(engine: Engine) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let fx = Fixture::new();
+    let fx = EngineFixture::new(engine);
     for t in 0..3 {
         fs::create_dir(fx.p(&format!("t{t}"))).expect("mkdir");
     }
     let stop = AtomicBool::new(false);
     let mut snaps = Vec::new();
+    let mut failed = None;
     std::thread::scope(|s| {
         for t in 0..3 {
             let dir = fx.p(&format!("t{t}"));
@@ -178,14 +198,20 @@ fn snapshots_while_writers_run_stay_consistent() {
         }
         for _ in 0..15 {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            snaps.push(
-                fx.mount()
-                    .snapshot(None, Default::default())
-                    .expect("snapshot under load"),
-            );
+            match fx.mount().snapshot(None, Default::default()) {
+                Ok(s) => snaps.push(s),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
+        // Before any assertion: a panic here would wait for the writers forever.
         stop.store(true, Ordering::Relaxed);
     });
+    if let Some(e) = failed {
+        panic!("snapshot under load: {e}");
+    }
     // Quiet now: the last snapshot is exactly the live tree.
     let last = fx
         .mount()

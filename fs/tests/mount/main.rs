@@ -110,6 +110,10 @@ impl EngineFixture {
         }
     }
 
+    pub fn mount(&self) -> &dyn MountedWorkspace {
+        self.mnt.as_deref().expect("mounted")
+    }
+
     pub fn snapshot(&self) -> helios_snapshot::Snapshot {
         self.mnt
             .as_ref()
