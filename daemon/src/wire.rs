@@ -153,6 +153,8 @@ pub struct PatchIn {
     pub label: Option<Option<String>>,
     /// Annotations to merge; a `null` value removes a key.
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `sync` (default) or `buffered`.
+    pub durability: Option<String>,
 }
 
 /// Distinguishes a missing field from an explicit `null`.

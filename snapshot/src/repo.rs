@@ -42,7 +42,11 @@ pub(crate) struct Shared {
     logical_bytes: AtomicU64,
     /// Materialized files checked (or built) by this process.
     verified: Mutex<HashSet<Hash>>,
+    /// Serialize read-modify-writes of one snapshot record (by id, striped).
+    record_locks: [Mutex<()>; RECORD_LOCKS],
 }
+
+const RECORD_LOCKS: usize = 64;
 
 #[derive(Clone)]
 struct NodeWeight;
@@ -263,6 +267,7 @@ impl Repo {
             snapshot_count: AtomicU64::new(count),
             logical_bytes: AtomicU64::new(logical),
             verified: Mutex::new(HashSet::new()),
+            record_locks: std::array::from_fn(|_| Mutex::new(())),
         });
         Ok(Repo {
             shared,
@@ -324,7 +329,23 @@ impl Repo {
         label: Option<Option<String>>,
         annotations: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Snapshot> {
-        let _gc = self.shared.gc_lock.write();
+        self.update_snapshot_with(id, label, annotations, Durability::Sync)
+    }
+
+    /// `update_snapshot` with a chosen durability (`Buffered`: written to the log
+    /// unsynced, as a buffered snapshot is). Updates of one record are serialized (a
+    /// read-modify-write); others run in parallel with them and with commits.
+    pub fn update_snapshot_with(
+        &self,
+        id: SnapshotId,
+        label: Option<Option<String>>,
+        annotations: Option<serde_json::Map<String, serde_json::Value>>,
+        durability: Durability,
+    ) -> Result<Snapshot> {
+        // Shared: gc and prune (which take it exclusively) never run meanwhile; an
+        // exclusive hold here stalled every commit behind each annotation.
+        let _gc = self.shared.gc_lock.read();
+        let _record = self.shared.record_locks[(id.0 % RECORD_LOCKS as u64) as usize].lock();
         let mut s = self.snapshot(id)?;
         if let Some(label) = label {
             s.label = label;
@@ -338,7 +359,7 @@ impl Repo {
         }
         let mut b = Batch::new();
         b.put(Cf::Snapshots, id.key(), snapshot::encode_record(&s));
-        self.backend().write(b, Durability::Sync)?;
+        self.backend().write(b, durability)?;
         Ok(s)
     }
 

@@ -84,7 +84,7 @@ class DaemonTest(unittest.TestCase):
             h.export(s2["id"], out)
             with open(os.path.join(out, "f")) as f:
                 self.assertEqual(f.read(), "two")
-            a = h.annotate(s2["id"], annotations={"visits": 2, "gone": None})
+            a = h.annotate(s2["id"], annotations={"visits": 2, "gone": None}, durability="buffered")
             self.assertEqual(a["annotations"]["visits"], 2)
             self.assertIn(s2["id"], [s["id"] for s in h.snapshots(parent=s1["id"])])
             h.delete_workspace(ws["id"])

@@ -238,6 +238,17 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
+/// A request's `durability`: `sync` (the default) or `buffered`.
+pub fn durability(d: Option<&str>) -> ApiResult<helios_snapshot::Durability> {
+    match d {
+        None | Some("sync") => Ok(helios_snapshot::Durability::Sync),
+        Some("buffered") => Ok(helios_snapshot::Durability::Buffered),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unknown durability {other:?}: sync or buffered"
+        ))),
+    }
+}
+
 /// Parses an id from a path segment, as a 400 (not a 404) when malformed.
 pub fn parse_id<T: std::str::FromStr<Err = helios_snapshot::Error>>(s: &str) -> ApiResult<T> {
     s.parse::<T>()

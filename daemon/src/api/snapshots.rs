@@ -111,8 +111,12 @@ pub async fn patch(
     ApiJson(body): ApiJson<PatchIn>,
 ) -> ApiResult<Json<SnapshotOut>> {
     let id: SnapshotId = parse_id(&id)?;
+    let durability = super::durability(body.durability.as_deref())?;
     let repo = app.daemon.repo.clone();
-    let s = blocking(move || Ok(repo.update_snapshot(id, body.label, body.annotations)?)).await?;
+    let s = blocking(move || {
+        Ok(repo.update_snapshot_with(id, body.label, body.annotations, durability)?)
+    })
+    .await?;
     Ok(Json(SnapshotOut::from(&s)))
 }
 

@@ -58,15 +58,7 @@ pub async fn snapshot(
             crate::error::ApiError::bad_request(format!("invalid request body: {e}"))
         })?
     };
-    let durability = match body.durability.as_deref() {
-        None | Some("sync") => helios_snapshot::Durability::Sync,
-        Some("buffered") => helios_snapshot::Durability::Buffered,
-        Some(other) => {
-            return Err(crate::error::ApiError::bad_request(format!(
-                "unknown durability {other:?}: sync or buffered"
-            )));
-        }
-    };
+    let durability = super::durability(body.durability.as_deref())?;
     let req = helios_snapshot::SnapshotRequest {
         label: body.label,
         annotations: body.annotations.unwrap_or_default(),

@@ -597,8 +597,28 @@ fn buffered_snapshots_are_whole_or_absent_and_a_sync_makes_them_durable() {
     std::mem::forget(ws);
     std::mem::forget(repo);
     inner.power_cut();
+    let inner_for_annotation = inner.clone();
     let repo = open(dir.path(), Arc::new(inner));
     assert_eq!(repo.snapshot(s4.id).expect("durable").parent, Some(s3.id));
+    // A buffered annotation: visible at once, gone at a power cut before a sync.
+    let mut ann = serde_json::Map::new();
+    ann.insert("visits".into(), 7.into());
+    let a = repo
+        .update_snapshot_with(s4.id, None, Some(ann), Durability::Buffered)
+        .expect("annotate");
+    assert_eq!(a.annotations["visits"], 7);
+    assert_eq!(repo.snapshot(s4.id).expect("read").annotations["visits"], 7);
+    let inner2 = inner_for_annotation.clone();
+    std::mem::forget(repo);
+    inner2.power_cut();
+    let repo = open(dir.path(), Arc::new(inner2));
+    assert!(
+        repo.snapshot(s4.id)
+            .expect("durable")
+            .annotations
+            .get("visits")
+            .is_none()
+    );
     assert_eq!(
         snapshot_contents(&repo, s3.id),
         [
