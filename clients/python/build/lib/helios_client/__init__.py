@@ -191,9 +191,13 @@ class Client:
         return self.request("GET", f"/v1/snapshots/{snapshot}")
 
     def annotate(self, snapshot: str, label: Optional[str] = None,
-                 annotations: Optional[Mapping[str, Any]] = None) -> Json:
-        """Sets the label and merges annotations (a ``None`` value removes a key)."""
+                 annotations: Optional[Mapping[str, Any]] = None,
+                 durability: Optional[str] = None) -> Json:
+        """Sets the label and merges annotations (a ``None`` value removes a key).
+        ``durability``: ``sync`` (default) or ``buffered``."""
         body: Json = {}
+        if durability is not None:
+            body["durability"] = durability
         if label is not None:
             body["label"] = label
         if annotations is not None:
