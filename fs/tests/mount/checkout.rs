@@ -9,20 +9,8 @@ use helios_fs::Engine;
 
 use super::{EngineFixture, Fixture};
 
-/// Runs each test once per engine: `checkout::fuse::NAME` and `checkout::overlay::NAME`
-/// (a process inside the mount following a checkout is the FUSE engine's: an overlay
-/// checkout replaces the mount, and a working directory keeps the old one).
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod fuse {
-            $(#[test] fn $name() { super::$name(helios_fs::Engine::Fuse) })*
-        }
-        mod overlay {
-            $(#[test] fn $name() { super::$name(helios_fs::Engine::Overlay) })*
-        }
-    };
-}
-
+// A process inside the mount following a checkout is the FUSE engine's alone: an overlay
+// checkout replaces the mount, and a working directory keeps the old one.
 both_engines!(
     snapshot_write_checkout_round_trip,
     checkout_refuses_uncommitted_writes_through_open_handles,

@@ -3,6 +3,19 @@
 
 #![allow(clippy::new_without_default)]
 
+/// Runs each test of a module once per engine: `MODULE::fuse::NAME` and
+/// `MODULE::overlay::NAME`, each calling `MODULE::NAME(engine)`.
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod fuse {
+            $(#[test] fn $name() { super::$name(helios_fs::Engine::Fuse) })*
+        }
+        mod overlay {
+            $(#[test] fn $name() { super::$name(helios_fs::Engine::Overlay) })*
+        }
+    };
+}
+
 mod checkout;
 mod differential;
 mod overlay;

@@ -13,18 +13,6 @@ use helios_fs::Engine;
 
 use super::{EngineFixture, Fixture};
 
-/// Runs each test once per engine: `posix::fuse::NAME` and `posix::overlay::NAME`.
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod fuse {
-            $(#[test] fn $name() { super::$name(helios_fs::Engine::Fuse) })*
-        }
-        mod overlay {
-            $(#[test] fn $name() { super::$name(helios_fs::Engine::Overlay) })*
-        }
-    };
-}
-
 both_engines!(
     files_and_directories_with_errno,
     set_group_id_directories_pass_their_group_on,

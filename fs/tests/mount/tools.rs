@@ -7,18 +7,6 @@ use helios_fs::Engine;
 
 use super::{EngineFixture, tree};
 
-/// Runs each test once per engine: `tools::fuse::NAME` and `tools::overlay::NAME`.
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod fuse {
-            $(#[test] fn $name() { super::$name(helios_fs::Engine::Fuse) })*
-        }
-        mod overlay {
-            $(#[test] fn $name() { super::$name(helios_fs::Engine::Overlay) })*
-        }
-    };
-}
-
 both_engines!(
     git_init_add_commit_status_checkout,
     tar_extract_thousands_of_files,
