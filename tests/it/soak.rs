@@ -128,9 +128,23 @@ fn sixty_four_agents_run_the_mcts_loop() {
             },
         ));
     }
-    // Memory after the agents have warmed up, and at the end.
+    // Memory after the agents have warmed up, at 20 points of the run, and at the end.
+    let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(secs.min(10)));
     let rss_start = rss_kib(pid);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let every = Duration::from_secs((secs / 20).max(1));
+            let mut samples = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                samples.push((t0.elapsed().as_secs(), rss_kib(pid)));
+                std::thread::sleep(every);
+            }
+            samples
+        })
+    };
     let mut all_nodes = Vec::new();
     let mut errors = Vec::new();
     for a in agents {
@@ -139,7 +153,32 @@ fn sixty_four_agents_run_the_mcts_loop() {
             Err(e) => errors.push(e),
         }
     }
+    done.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
     let rss_end = rss_kib(pid);
+    let series: Vec<String> = samples
+        .iter()
+        .map(|(t, k)| format!("{t}s:{}", k >> 10))
+        .collect();
+    eprintln!("soak: daemon RSS over the run (MiB): {}", series.join(" "));
+    // Over a long run the caches fill in the first half and then hold: the second
+    // half's peak may not pass the first half's by more than noise.
+    if secs >= 300 && samples.len() >= 8 {
+        let half = samples.len() / 2;
+        let first = samples[..half].iter().map(|s| s.1).max().unwrap_or(0);
+        let second = samples[half..].iter().map(|s| s.1).max().unwrap_or(0);
+        eprintln!(
+            "soak: RSS peak {} MiB in the first half, {} MiB in the second",
+            first >> 10,
+            second >> 10
+        );
+        assert!(
+            second <= first + (32 << 10),
+            "daemon RSS still growing in the second half: {} -> {} MiB",
+            first >> 10,
+            second >> 10
+        );
+    }
     let steps = steps.load(Ordering::Relaxed);
     eprintln!(
         "soak: {secs} s, 64 agents, {steps} steps ({:.0}/s), {} snapshots, daemon RSS {} MiB after warm-up, {} MiB at the end",
