@@ -113,6 +113,16 @@ impl Shared {
         self.dir.join("cache").join(&hex[..2]).join(hex)
     }
 
+    /// Remembers that the cache file of `hash` was checked; bounded (past it, files are
+    /// checked again on their next use).
+    fn note_verified(&self, hash: Hash) {
+        let mut v = self.verified.lock();
+        if v.len() >= VERIFIED_MAX {
+            v.clear();
+        }
+        v.insert(hash);
+    }
+
     /// A read-only real file with `content`'s bytes, built once per content hash and
     /// shared by every workspace (the materialized-file cache). A file found in the cache
     /// is checked against its hash the first time this process hands it out (it may have
@@ -131,7 +141,7 @@ impl Shared {
                 .and_then(|f| tree::hash_file(std::io::BufReader::with_capacity(256 << 10, f)));
             match found {
                 Ok(c) if c == *content => {
-                    self.verified.lock().insert(content.hash);
+                    self.note_verified(content.hash);
                     return Ok(path);
                 }
                 other => {
@@ -169,13 +179,16 @@ impl Shared {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         } else {
-            self.verified.lock().insert(content.hash);
+            self.note_verified(content.hash);
         }
         result.map(|()| path)
     }
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Cache files remembered as checked, at most (32 bytes each and the set's overhead).
+const VERIFIED_MAX: usize = 1 << 18;
 
 /// Counters for `/v1/stats`.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
