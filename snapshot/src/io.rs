@@ -258,21 +258,16 @@ impl Repo {
                         stats.bytes += content.size;
                     }
                     let Some(p) = p else { continue };
-                    let f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&p)
-                        .map_err(io_err("create", &p))?;
                     if cached.is_some() {
-                        f.set_len(content.size).map_err(io_err("truncate", &p))?;
-                    } else if content.size > 0 {
-                        stats.inlined += 1;
-                        stats.bytes += content.size;
-                        let mut out = std::io::BufWriter::with_capacity(64 << 10, f);
-                        tree::write_content(self.store(), content, &mut out)?;
-                        out.into_inner().map_err(|e| {
-                            Error::io(format!("write {}", p.display()), e.into_error())
-                        })?;
+                        create_new(&p)?
+                            .set_len(content.size)
+                            .map_err(io_err("truncate", &p))?;
+                    } else {
+                        if content.size > 0 {
+                            stats.inlined += 1;
+                            stats.bytes += content.size;
+                        }
+                        write_file(self.store(), &p, content)?;
                     }
                     set_attrs(&p, attrs, false)?;
                     if let Some(c) = cached {
@@ -366,17 +361,7 @@ fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
                 export_dir(store, &child, &p)?;
             }
             EntryKind::File { attrs, content } => {
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&p)
-                    .map_err(io_err("create", &p))?;
-                let mut out = std::io::BufWriter::with_capacity(256 << 10, f);
-                tree::write_content(store, content, &mut out)?;
-                let f = out
-                    .into_inner()
-                    .map_err(|e| Error::io(format!("write {}", p.display()), e.into_error()))?;
-                drop(f);
+                write_file(store, &p, content)?;
                 set_attrs(&p, attrs, false)?;
             }
             EntryKind::Symlink { .. } | EntryKind::Special { .. } => export_other(&p, kind)?,
@@ -387,15 +372,32 @@ fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
     set_attrs(dir, &node.attrs, false)
 }
 
+/// A new file at `p` (never one already there).
+fn create_new(p: &Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .map_err(io_err("create", p))
+}
+
+/// A new file at `p` holding `content`.
+fn write_file(store: &Store, p: &Path, content: &tree::Content) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, create_new(p)?);
+    tree::write_content(store, content, &mut out)?;
+    out.into_inner()
+        .map_err(|e| Error::io(format!("write {}", p.display()), e.into_error()))?;
+    Ok(())
+}
+
 /// Creates a symlink, named pipe, device or socket at `p`.
 fn export_other(p: &Path, kind: &EntryKind) -> Result<()> {
-    let p = p.to_path_buf();
     match kind {
         EntryKind::Symlink { attrs, target } => {
             use std::os::unix::ffi::OsStrExt;
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)
-                .map_err(io_err("symlink", &p))?;
-            set_attrs(&p, attrs, true)?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), p)
+                .map_err(io_err("symlink", p))?;
+            set_attrs(p, attrs, true)?;
         }
         EntryKind::Special { attrs, special } => {
             use nix::sys::stat::{Mode, SFlag, mknod};
@@ -405,9 +407,9 @@ fn export_other(p: &Path, kind: &EntryKind) -> Result<()> {
                 Special::Block(_) => SFlag::S_IFBLK,
                 Special::Socket => SFlag::S_IFSOCK,
             };
-            mknod(&p, kind, Mode::from_bits_truncate(0o600), special.rdev())
+            mknod(p, kind, Mode::from_bits_truncate(0o600), special.rdev())
                 .map_err(|e| Error::io(format!("mknod {}", p.display()), e.into()))?;
-            set_attrs(&p, attrs, false)?;
+            set_attrs(p, attrs, false)?;
         }
         EntryKind::Dir { .. } | EntryKind::File { .. } => {
             unreachable!("export_other is for symlinks and specials")

@@ -231,23 +231,26 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
     let dir = lowers.state.join("overlay-probe");
     let _ = nix::mount::umount2(&dir.join("m"), MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);
-    let result = (|| -> Result<()> {
-        for d in ["u", "w", "m"] {
-            std::fs::create_dir_all(dir.join(d)).map_err(io("create the probe"))?;
-        }
-        let lower = lowers.get(None)?;
+    // Mounts an overlay of `lower` (with data-only layer `data`) and unmounts it.
+    let mount_once = |lower: &Path, data: Option<&Path>, what: &str| -> Result<()> {
         sys::mount_isolated(
-            &lower.path,
-            None,
+            lower,
+            data,
             &dir.join("u"),
             &dir.join("w"),
             &dir.join("m"),
             false,
         )
-        .map_err(mount_err("mount an overlay"))?;
+        .map_err(mount_err(what))?;
         let unmounted = nix::mount::umount2(&dir.join("m"), MntFlags::empty());
-        unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))?;
-        Ok(())
+        unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))
+    };
+    let result = (|| -> Result<()> {
+        for d in ["u", "w", "m"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(io("create the probe"))?;
+        }
+        let lower = lowers.get(None)?;
+        mount_once(&lower.path, None, "mount an overlay")
     })();
     if result.is_ok() {
         // Native lowers: a data-only layer without metacopy copy-ups.
@@ -256,17 +259,11 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
             for d in [dir.join("n"), data.to_path_buf()] {
                 std::fs::create_dir_all(&d).map_err(io("create the probe"))?;
             }
-            sys::mount_isolated(
+            mount_once(
                 &dir.join("n"),
                 Some(data),
-                &dir.join("u"),
-                &dir.join("w"),
-                &dir.join("m"),
-                false,
+                "mount an overlay with a data-only layer",
             )
-            .map_err(mount_err("mount an overlay with a data-only layer"))?;
-            let unmounted = nix::mount::umount2(&dir.join("m"), MntFlags::empty());
-            unmounted.map_err(|e| mount_err("unmount the probe")(e.into()))
         })();
         let forced =
             std::env::var_os("HELIOS_NO_NATIVE_LOWER").is_some_and(|v| !v.is_empty() && v != "0");

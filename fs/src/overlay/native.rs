@@ -7,17 +7,18 @@
 //! a caller warms it, a native one is built in the background and serves every later
 //! mount over that snapshot.
 //!
-//! A native lower holds no file data (composefs' layout, on a plain directory instead
-//! of an EROFS image): each non-empty regular file is a sparse stub with the file's
-//! attributes and `trusted.overlay.metacopy` plus `trusted.overlay.redirect` naming its
-//! bytes in the materialized-file cache, which the overlay mounts as a data-only layer
-//! (`datadir+`). Every snapshot and fork with the same content shares one cache file and
-//! its page cache, and a copy-up copies the data (the upper never holds metacopy files,
-//! so the scan is the same as over a view).
+//! A native lower holds the bytes of small files only (`INLINE_MAX`); the rest follow
+//! composefs' layout, on a plain directory instead of an EROFS image: each larger file
+//! is a sparse stub with the file's attributes and `trusted.overlay.metacopy` plus
+//! `trusted.overlay.redirect` naming its bytes in the materialized-file cache, which the
+//! overlay mounts as a data-only layer (`datadir+`). Every snapshot and fork with the
+//! same content shares one cache file and its page cache, and a copy-up copies the data
+//! (the upper never holds metacopy files, so the scan is the same as over a view).
 //!
 //! On disk: `<state>/native/<snapshot>` once complete (built in `.build-<snapshot>-<n>`,
 //! synced, renamed); a later daemon reuses it after checking every cache file it
-//! names against its hash (in the background, once per process).
+//! names against its hash (in the background, once per process; the inlined small
+//! files are trusted like the upperdir).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,10 @@ impl Natives {
         let _ = self.usable.set(r);
     }
 
+    fn usable(&self) -> bool {
+        matches!(self.usable.get(), Some(Ok(())))
+    }
+
     /// Why native lowers cannot serve here, if they cannot.
     pub(crate) fn unusable(&self) -> Option<String> {
         match self.usable.get() {
@@ -170,7 +175,7 @@ impl Natives {
 
     /// The native lower of `id` if one is ready (counting the use).
     pub(crate) fn get(&self, id: SnapshotId) -> Option<Arc<Lower>> {
-        if self.unusable().is_some() {
+        if !self.usable() {
             return None;
         }
         // Under the state lock until the lower is in `open`: eviction (which holds it)
@@ -196,7 +201,7 @@ impl Natives {
     /// Notes that a view of `id` was asked for; the hot ones get a native lower built
     /// in the background.
     pub(crate) fn note_view(self: &Arc<Self>, id: SnapshotId, served: u64) {
-        if self.unusable().is_some() {
+        if !self.usable() {
             return;
         }
         let queue = {
@@ -253,7 +258,7 @@ impl Natives {
     /// cannot serve, only the cache is filled (the FUSE engine's passthrough and the
     /// views read from it).
     pub(crate) fn warm(&self, id: SnapshotId) -> Result<Warmed> {
-        if self.unusable().is_some() {
+        if !self.usable() {
             let start = Instant::now();
             let s = self.repo.export_stubs(id, None, 0, &mut |_, _| Ok(()))?;
             return Ok(Warmed {
