@@ -349,7 +349,7 @@ fn import_dir(
     node.store(w)
 }
 
-fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
+pub(crate) fn export_dir(store: &Store, node: &DirNode, dir: &Path) -> Result<()> {
     for (name, kind) in &node.entries {
         // `Name` excludes '/', '.' and '..', so the path stays inside `dir`; every entry
         // is created new, so nothing already there (a symlink) is ever followed.
@@ -382,7 +382,7 @@ fn create_new(p: &Path) -> Result<fs::File> {
 }
 
 /// A new file at `p` holding `content`.
-fn write_file(store: &Store, p: &Path, content: &tree::Content) -> Result<()> {
+pub(crate) fn write_file(store: &Store, p: &Path, content: &tree::Content) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(256 << 10, create_new(p)?);
     tree::write_content(store, content, &mut out)?;
     out.into_inner()
@@ -391,7 +391,7 @@ fn write_file(store: &Store, p: &Path, content: &tree::Content) -> Result<()> {
 }
 
 /// Creates a symlink, named pipe, device or socket at `p`.
-fn export_other(p: &Path, kind: &EntryKind) -> Result<()> {
+pub(crate) fn export_other(p: &Path, kind: &EntryKind) -> Result<()> {
     match kind {
         EntryKind::Symlink { attrs, target } => {
             use std::os::unix::ffi::OsStrExt;
@@ -418,7 +418,7 @@ fn export_other(p: &Path, kind: &EntryKind) -> Result<()> {
     Ok(())
 }
 
-fn set_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<()> {
+pub(crate) fn set_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<()> {
     let nofollow = if symlink {
         FchownatFlags::AT_SYMLINK_NOFOLLOW
     } else {

@@ -4,6 +4,7 @@
 
 mod acl;
 mod commit;
+mod delta;
 mod diff;
 mod edits;
 mod error;
@@ -21,6 +22,7 @@ pub mod tree;
 pub use tree::Special;
 mod workspace;
 
+pub use delta::{DeltaLimits, DeltaStats};
 pub use diff::{Change, ChangeKind};
 pub use edits::{Edit, Edits};
 pub use error::{Error, Result};

@@ -19,6 +19,7 @@
 //! slaves; podman needs `:rslave`) therefore follows every checkout. A process's current
 //! directory and open files keep what they opened, as with any replaced mount.
 
+mod delta;
 mod native;
 mod scan;
 #[allow(unsafe_code)] // raw syscalls of the new mount API, each with its SAFETY note
@@ -54,16 +55,41 @@ fn key(id: Option<SnapshotId>) -> String {
 
 /// The lower layer of one snapshot, shared by every overlay workspace over it: a
 /// mounted read-only FUSE view (unmounted lazily, off the caller's thread, when the last
-/// user lets go), or a native directory tree whose stubs redirect to `data`.
+/// user lets go), a native directory tree whose stubs redirect to `data`, or a delta
+/// directory stacked over the native lower of an ancestor (`below`).
 #[derive(Debug)]
 pub(crate) struct Lower {
     path: PathBuf,
     /// The data-only layer of a native lower.
     data: Option<PathBuf>,
+    /// The native lower a delta stands on.
+    below: Option<Arc<Lower>>,
     mount: Mutex<Option<Mount>>,
+    /// Removed (in the background) when the last user lets go: a delta's directory.
+    owned: bool,
 }
 
 impl Lower {
+    /// The overlay's lower layers, top first (the data-only layer aside).
+    fn layers(&self) -> Vec<&Path> {
+        let mut out = vec![self.path.as_path()];
+        if let Some(b) = &self.below {
+            out.extend(b.layers());
+        }
+        out
+    }
+
+    /// What kind of lower layer this is, as the workspace resource says.
+    fn kind(&self) -> &'static str {
+        if self.below.is_some() {
+            "delta"
+        } else if self.data.is_some() {
+            "native"
+        } else {
+            "view"
+        }
+    }
+
     /// FUSE requests this view has served (0 for a native lower).
     fn served(&self) -> u64 {
         self.mount
@@ -75,6 +101,9 @@ impl Lower {
 
 impl Drop for Lower {
     fn drop(&mut self) {
+        if self.owned {
+            remove_later(self.path.clone());
+        }
         if let Some(m) = self.mount.lock().take() {
             // A detached overlay that a process still uses holds this view: unmounting
             // then waits for the kernel to release it, so not on the caller's thread.
@@ -103,6 +132,7 @@ pub struct Lowers {
     /// returns to the same nodes: a checkout back to one then needs no new mount).
     recent: Mutex<std::collections::VecDeque<Arc<Lower>>>,
     natives: Arc<native::Natives>,
+    deltas: delta::Deltas,
 }
 
 /// How many views stay mounted unused (each is a FUSE session with its threads).
@@ -125,6 +155,7 @@ impl Lowers {
         };
         Lowers {
             natives: native::Natives::new(repo.clone(), &state),
+            deltas: delta::Deltas::new(repo.clone(), &state),
             repo,
             state,
             dir,
@@ -160,6 +191,7 @@ impl Lowers {
 
     /// Unmounts the views no workspace uses (a clean stop of the daemon).
     pub fn shutdown(&self) {
+        self.deltas.shutdown();
         let recent: Vec<Arc<Lower>> = self.recent.lock().drain(..).collect();
         for l in recent {
             if let Ok(l) = Arc::try_unwrap(l) {
@@ -179,13 +211,24 @@ impl Lowers {
         recent.truncate(RECENT_VIEWS);
     }
 
-    /// The lower layer of snapshot `id`: its native one if ready, else its view
-    /// (mounting it if no workspace uses it yet).
+    /// The lower layer of snapshot `id`: its native one if ready, else a delta over
+    /// an ancestor's native one, else its view (mounting it if no workspace uses it
+    /// yet).
     pub(crate) fn get(&self, id: Option<SnapshotId>) -> Result<Arc<Lower>> {
-        if let Some(id) = id
-            && let Some(l) = self.natives.get(id)
-        {
-            return Ok(l);
+        let mut import = false;
+        if let Some(id) = id {
+            if let Some(l) = self.natives.get(id) {
+                return Ok(l);
+            }
+            match self.deltas.get(id, &self.natives) {
+                Ok(Some(l)) => return Ok(l),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "could not write a delta lower layer; its view serves");
+                }
+            }
+            // The root of a search: its descendants' deltas stand on its native lower.
+            import = self.repo.snapshot(id)?.parent.is_none();
         }
         let mut open = self.open.lock();
         if let Some(l) = open.get(&id).and_then(Weak::upgrade) {
@@ -193,13 +236,13 @@ impl Lowers {
             if let Some(id) = id {
                 // Forked again, over a view its workspaces read much of: a native lower
                 // pays for itself.
-                self.natives.note_view(id, l.served());
+                self.natives.note_view(id, l.served(), import);
             }
             self.touch(&l);
             return Ok(l);
         }
         if let Some(id) = id {
-            self.natives.note_view(id, 0);
+            self.natives.note_view(id, 0, import);
         }
         // A path of its own: the unmount of a released view runs in the background and
         // must never hit a newer view of the same snapshot.
@@ -214,7 +257,9 @@ impl Lowers {
         let l = Arc::new(Lower {
             path,
             data: None,
+            below: None,
             mount: Mutex::new(Some(mount)),
+            owned: false,
         });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(id, Arc::downgrade(&l));
@@ -234,7 +279,7 @@ pub fn probe(lowers: &Lowers) -> std::result::Result<(), String> {
     // Mounts an overlay of `lower` (with data-only layer `data`) and unmounts it.
     let mount_once = |lower: &Path, data: Option<&Path>, what: &str| -> Result<()> {
         sys::mount_isolated(
-            lower,
+            &[lower],
             data,
             &dir.join("u"),
             &dir.join("w"),
@@ -413,7 +458,7 @@ impl OverlayWorkspace {
             }
         };
         sys::mount_isolated(
-            &anchor.view.path,
+            &anchor.view.layers(),
             anchor.view.data.as_deref(),
             &anchor.upper(),
             &anchor.work(),
@@ -541,7 +586,7 @@ impl OverlayWorkspace {
         }
         let beneath = st.current.is_some();
         let attached = sys::mount_isolated(
-            &layer.view.path,
+            &layer.view.layers(),
             layer.view.data.as_deref(),
             &layer.upper(),
             &layer.work(),
@@ -665,11 +710,7 @@ impl MountedWorkspace for OverlayWorkspace {
 
     fn lower(&self) -> Option<&'static str> {
         let st = self.st.lock();
-        Some(if st.layer().view.data.is_some() {
-            "native"
-        } else {
-            "view"
-        })
+        Some(st.layer().view.kind())
     }
 
     fn base(&self) -> Option<SnapshotId> {

@@ -173,6 +173,22 @@ impl Natives {
         }
     }
 
+    /// Whether the native lower of `id` is ready (not counting a use).
+    pub(crate) fn is_ready(&self, id: SnapshotId) -> bool {
+        self.usable() && self.st.lock().ready.contains_key(&id)
+    }
+
+    /// The snapshots with a ready native lower, most recently used first.
+    pub(crate) fn ready_by_use(&self) -> Vec<SnapshotId> {
+        if !self.usable() {
+            return Vec::new();
+        }
+        let st = self.st.lock();
+        let mut by_use: Vec<(u64, SnapshotId)> = st.ready.iter().map(|(id, t)| (*t, *id)).collect();
+        by_use.sort_by(|a, b| b.cmp(a));
+        by_use.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// The native lower of `id` if one is ready (counting the use).
     pub(crate) fn get(&self, id: SnapshotId) -> Option<Arc<Lower>> {
         if !self.usable() {
@@ -191,16 +207,19 @@ impl Natives {
         let l = Arc::new(Lower {
             path: self.path(id),
             data: Some(self.data.clone()),
+            below: None,
             mount: Mutex::new(None),
+            owned: false,
         });
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(id, Arc::downgrade(&l));
         Some(l)
     }
 
-    /// Notes that a view of `id` was asked for; the hot ones get a native lower built
-    /// in the background.
-    pub(crate) fn note_view(self: &Arc<Self>, id: SnapshotId, served: u64) {
+    /// Notes that a view of `id` was asked for; the hot ones (and with `eager` every
+    /// one: an imported snapshot, the base its descendants' deltas stand on) get a
+    /// native lower built in the background.
+    pub(crate) fn note_view(self: &Arc<Self>, id: SnapshotId, served: u64, eager: bool) {
         if !self.usable() {
             return;
         }
@@ -211,7 +230,8 @@ impl Natives {
             }
             let n = st.uses.entry(id).or_default();
             *n += 1;
-            let hot = (*n >= HOT_AFTER && served >= HOT_REQUESTS) || st.unchecked.contains(&id);
+            let hot =
+                eager || (*n >= HOT_AFTER && served >= HOT_REQUESTS) || st.unchecked.contains(&id);
             // A bounded queue: a search that forks every new node twice must not line
             // up O(tree) builds faster than they finish; later uses ask again.
             hot && st.pending.len() < MAX_PENDING

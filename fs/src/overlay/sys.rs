@@ -27,8 +27,8 @@ struct Prepared {
     beneath: bool,
 }
 
-/// Mounts an overlay of `lower` (read-only; with `data`, a data-only layer that `lower`'s
-/// metacopy files redirect to, Linux 6.16) under `upper` with `work` at `target` (on top
+/// Mounts an overlay of the `lowers` (read-only, top first; with `data`, a data-only
+/// layer that the bottom lower's metacopy files redirect to, Linux 6.16) under `upper` with `work` at `target` (on top
 /// of what is there, or with `beneath` under the topmost mount there), with the options
 /// the engine's scan relies on: redirects (a renamed lower directory is one directory in
 /// the upper naming where it came from), no metacopy (every copied-up file holds its
@@ -41,7 +41,7 @@ struct Prepared {
 /// child without the /dev/fuse descriptors cannot hold the connection open: when the
 /// daemon dies, the view's connection is aborted and the child's wait ends.
 pub(crate) fn mount_isolated(
-    lower: &Path,
+    lowers: &[&Path],
     data: Option<&Path>,
     upper: &Path,
     work: &Path,
@@ -52,7 +52,10 @@ pub(crate) fn mount_isolated(
     let kv = |k: &str, v: &[u8]| -> std::io::Result<(CString, CString)> {
         Ok((cstr(k.as_bytes())?, cstr(v)?))
     };
-    let mut options = vec![kv("lowerdir+", lower.as_os_str().as_bytes())?];
+    let mut options = Vec::new();
+    for lower in lowers {
+        options.push(kv("lowerdir+", lower.as_os_str().as_bytes())?);
+    }
     if let Some(d) = data {
         options.push(kv("datadir+", d.as_os_str().as_bytes())?);
     }

@@ -191,7 +191,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn both_engines_take_identical_snapshots(ops in prop::collection::vec(op(), 1..40)) {
-        // Three workspaces: fuse, overlay over a FUSE view, overlay over a native lower.
+        // Three workspaces: fuse, overlay over a FUSE view (over a delta after the
+        // checkout), overlay over a native lower.
         let mut h = Host::new();
         let s0 = base(&h.repo);
         let f = h.mount(Engine::Fuse, Some(s0));
@@ -232,6 +233,8 @@ proptest! {
         if let Some((sf, so, sn)) = snaps.first().copied() {
             h.mounts[f].checkout(sf, true).expect("checkout fuse");
             h.mounts[o].checkout(so, true).expect("checkout overlay");
+            // Onto a delta over the base's native lower (warmed above).
+            prop_assert_eq!(h.mounts[o].lower(), Some("delta"));
             h.engines.warm(sn).expect("warm");
             h.mounts[n].checkout(sn, true).expect("checkout overlay (native)");
             prop_assert_eq!(h.mounts[n].lower(), Some("native"));
@@ -485,7 +488,15 @@ fn rich_base(repo: &Repo) -> SnapshotId {
 #[test]
 fn hot_snapshots_get_a_native_lower_the_same_as_their_view() {
     let mut h = Host::new();
-    let s0 = rich_base(&h.repo);
+    let root = rich_base(&h.repo);
+    h.engines.warm(root).expect("warm");
+    // A snapshot too far from its native ancestor for a delta (each of 1,200 files
+    // changed) is served by its view until it is hot.
+    let f = h.mount(Engine::Fuse, Some(root));
+    for i in 0..1200 {
+        fs::write(h.path(f).join(format!("src/many/m{i}")), format!("v{i}")).expect("write");
+    }
+    let s0 = h.snapshot(f).id;
     let v = h.mount(Engine::Overlay, Some(s0));
     assert_eq!(
         h.mounts[v].lower(),
@@ -504,7 +515,7 @@ fn hot_snapshots_get_a_native_lower_the_same_as_their_view() {
     // build in the background.
     for i in 0..1200 {
         let got = fs::read(h.path(v).join(format!("src/many/m{i}"))).expect("read");
-        assert_eq!(got, format!("{i}").as_bytes());
+        assert_eq!(got, format!("v{i}").as_bytes());
     }
     let w2 = h.mount(Engine::Overlay, Some(s0));
     assert_eq!(h.mounts[w2].lower(), Some("view"));
@@ -555,6 +566,108 @@ fn hot_snapshots_get_a_native_lower_the_same_as_their_view() {
     let again = h.mount(Engine::Overlay, Some(s0));
     assert_eq!(h.mounts[again].lower(), Some("native"));
     assert_eq!(full_tree(&w_path), full_tree(&h.path(again)));
+}
+
+/// The same changes through a fuse workspace and an overlay one.
+fn change(m: &Path, round: u32) {
+    let r = |p: &str| m.join(p);
+    match round {
+        0 => {
+            fs::write(r("src/small"), b"changed small").expect("write");
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(r("src/deep/big"))
+                .expect("open");
+            std::io::Write::write_all(&mut f, b"appended").expect("append");
+            fs::set_permissions(r("src/many/m7"), fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_234_567_890);
+            fs::File::options()
+                .write(true)
+                .open(r("src/many/m8"))
+                .and_then(|f| f.set_modified(t))
+                .expect("an mtime alone");
+            fs::remove_file(r("empty")).expect("unlink");
+            fs::remove_dir_all(r("src/deep/er")).expect("rm -rf");
+            fs::rename(r("src/deep"), r("moved")).expect("rename a lower dir");
+            fs::create_dir_all(r("new/dir")).expect("mkdir");
+            fs::write(r("new/dir/f"), b"new").expect("write");
+            xattr::set(r("src/many/m9"), "user.k", b"v").expect("xattr");
+            std::os::unix::fs::symlink("../moved/big", r("src/link2")).expect("symlink");
+        }
+        1 => {
+            fs::remove_dir_all(r("new")).expect("rm -rf a dir the delta added");
+            fs::create_dir(r("src/deep")).expect("a dir where one was moved away");
+            fs::write(r("src/deep/back"), b"back").expect("write");
+            fs::write(r("empty"), b"no longer").expect("a file where one was deleted");
+            fs::remove_file(r("src/many/m10")).expect("unlink");
+            xattr::remove(r("src/small"), "user.note").expect("removexattr");
+        }
+        _ => {
+            fs::write(r("src/many/m11"), vec![b'x'; 200_000]).expect("a large file");
+            fs::remove_file(r("empty")).expect("unlink");
+        }
+    }
+}
+
+#[test]
+fn descendants_of_a_native_lower_get_deltas_the_same_as_their_views() {
+    let mut h = Host::new();
+    let root = rich_base(&h.repo);
+    let first = h.mount(Engine::Overlay, Some(root));
+    assert_eq!(
+        h.mounts[first].lower(),
+        Some("view"),
+        "an import's first fork: its view while its native lower is built"
+    );
+    assert!(
+        h.engines
+            .lowers()
+            .wait_native(root, std::time::Duration::from_secs(60)),
+        "an import gets a native lower at its first fork"
+    );
+    let w = h.mount(Engine::Overlay, Some(root));
+    let f = h.mount(Engine::Fuse, Some(root));
+    assert_eq!(h.mounts[w].lower(), Some("native"));
+    let mut prev = None;
+    for round in 0..3 {
+        change(&h.path(w), round);
+        change(&h.path(f), round);
+        let (so, sf) = (h.snapshot(w), h.snapshot(f));
+        assert_eq!(so.root, sf.root, "round {round}");
+        // A fork of the new snapshot: a delta over the import's native lower, read as
+        // the fuse engine reads the snapshot.
+        let d = h.mount(Engine::Overlay, Some(so.id));
+        let v = h.mount(Engine::Fuse, Some(so.id));
+        assert_eq!(h.mounts[d].lower(), Some("delta"), "round {round}");
+        assert_same(&full_tree(&h.path(d)), &full_tree(&h.path(v)));
+        // The same changes over the delta give the same snapshot.
+        for m in [h.path(d), h.path(v)] {
+            fs::write(m.join("src/many/m11"), vec![b'y'; 100_000]).expect("a large file");
+            fs::remove_file(m.join(format!("src/many/m{}", 20 + round))).expect("unlink");
+            fs::create_dir(m.join(format!("src/many/d{round}"))).expect("mkdir");
+        }
+        assert_eq!(h.snapshot(d).root, h.snapshot(v).root, "round {round}");
+        prev = Some((so.id, full_tree(&h.path(w))));
+    }
+    // A checkout in place back onto a delta.
+    let (s, want) = prev.expect("snapshots");
+    h.mounts[first].checkout(s, true).expect("checkout");
+    assert_eq!(h.mounts[first].lower(), Some("delta"));
+    assert_same(&full_tree(&h.path(first)), &want);
+}
+
+/// Equal listings, or a panic naming the lines that differ.
+fn assert_same(got: &[String], want: &[String]) {
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|l| !b.contains(l)).cloned().collect()
+    };
+    assert!(
+        got == want,
+        "only in the first: {:?}\nonly in the second: {:?}",
+        only(got, want),
+        only(want, got)
+    );
 }
 
 #[test]
