@@ -2,6 +2,7 @@
 //! client of its API, printing a short human line or, with `--json`, the API's JSON.
 
 mod client;
+mod mount_helper;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -546,6 +547,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "mount.helios")
+    {
+        return mount_helper::run(&args[1..], default_socket());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

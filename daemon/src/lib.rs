@@ -257,6 +257,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         )
     })?;
     tracing::info!(restored, "workspaces mounted again");
+    watch_unmounts(Arc::downgrade(&daemon));
     let result = rt.block_on(async {
         let listener = bind_socket(&config.socket, config.group)?;
         tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "helios daemon listening");
@@ -278,6 +279,36 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(&config.socket);
     drop(rt);
     result
+}
+
+/// Watches the mount table (poll(2) on /proc/self/mountinfo wakes up at every change,
+/// and once a second regardless) for workspaces unmounted from outside that live as
+/// long as their mount, and drops them.
+fn watch_unmounts(daemon: std::sync::Weak<Daemon>) {
+    let spawned = std::thread::Builder::new()
+        .name("helios-unmounts".into())
+        .spawn(move || {
+            let table = match std::fs::File::open("/proc/self/mountinfo") {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the mount table: `umount` of a mount.helios workspace will not drop it");
+                    return;
+                }
+            };
+            loop {
+                use std::os::fd::AsFd;
+                let mut fds = [nix::poll::PollFd::new(
+                    table.as_fd(),
+                    nix::poll::PollFlags::POLLPRI,
+                )];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16));
+                let Some(d) = daemon.upgrade() else { return };
+                d.drop_unmounted();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the mount table");
+    }
 }
 
 async fn shutdown_signal() {

@@ -18,6 +18,10 @@ use crate::wire::WorkspaceOut;
 pub struct Mounted {
     mount: Box<dyn MountedWorkspace>,
     mountpoint: PathBuf,
+    /// For a workspace that lives as long as its mount (`drop_on_unmount`): the id of
+    /// the mount on top at its mountpoint, kept current across checkouts (held while
+    /// one runs, so the watcher never mistakes a checkout's switch for an unmount).
+    top: Option<Mutex<Option<u64>>>,
 }
 
 /// The registry of the daemon.
@@ -32,8 +36,52 @@ pub struct Daemon {
     creating: Mutex<()>,
 }
 
-fn props(mountpoint: &Path, engine: Engine, engine_reason: &str) -> serde_json::Value {
-    serde_json::json!({"mountpoint": mountpoint, "engine": engine.name(), "engine_reason": engine_reason})
+fn props(
+    mountpoint: &Path,
+    engine: Engine,
+    engine_reason: &str,
+    drop_on_unmount: bool,
+) -> serde_json::Value {
+    let mut p = serde_json::json!({"mountpoint": mountpoint, "engine": engine.name(), "engine_reason": engine_reason});
+    if drop_on_unmount {
+        p["drop_on_unmount"] = true.into();
+    }
+    p
+}
+
+fn drop_on_unmount(rec: &WorkspaceRecord) -> bool {
+    rec.props.get("drop_on_unmount").and_then(|v| v.as_bool()) == Some(true)
+}
+
+/// The id of the mount on top at `path` (per /proc/self/mountinfo): of the mounts at
+/// that path, the one no other mount there stands on.
+pub fn top_mount(path: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    let at: Vec<(u64, u64)> = info
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let parent = f.next()?.parse().ok()?;
+            let mp = f.nth(2)?;
+            (unescape(mp) == want).then_some((id, parent))
+        })
+        .collect();
+    at.iter()
+        .filter(|(id, _)| !at.iter().any(|(_, parent)| parent == id))
+        .map(|(id, _)| *id)
+        .max()
+}
+
+/// Whether mount `id` is still in the mount table.
+fn mount_exists(id: u64) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    let want = id.to_string();
+    info.lines()
+        .any(|l| l.split(' ').next() == Some(want.as_str()))
 }
 
 /// The engine a persisted workspace was created with (fuse for records older than the
@@ -108,6 +156,7 @@ impl Daemon {
             base: base.map(|b| b.to_string()),
             dirty,
             mounted: mounted.is_some(),
+            drop_on_unmount: drop_on_unmount(&rec),
             passthrough,
             lower: lower.map(str::to_string),
         })
@@ -207,6 +256,7 @@ impl Daemon {
         mountpoint: &str,
         from: Option<SnapshotId>,
         engine: EngineChoice,
+        drop_on_unmount: bool,
     ) -> ApiResult<WorkspaceOut> {
         let (engine, reason) = self
             .engines
@@ -217,9 +267,9 @@ impl Daemon {
         let start = Instant::now();
         let id = self
             .repo
-            .create_workspace(from, false, props(&path, engine, &reason))?
+            .create_workspace(from, false, props(&path, engine, &reason, drop_on_unmount))?
             .id();
-        match self.mount(engine, id, &path) {
+        match self.mount(engine, id, &path, drop_on_unmount) {
             Ok(()) => {}
             Err(e) => {
                 let _ = self.repo.delete_workspace(id);
@@ -230,16 +280,55 @@ impl Daemon {
         self.out(id)
     }
 
-    fn mount(&self, engine: Engine, id: WorkspaceId, path: &Path) -> ApiResult<()> {
+    fn mount(
+        &self,
+        engine: Engine,
+        id: WorkspaceId,
+        path: &Path,
+        drop_on_unmount: bool,
+    ) -> ApiResult<()> {
         let mount = self.engines.mount(engine, id, path)?;
+        let top = drop_on_unmount.then(|| Mutex::new(top_mount(path)));
         self.mounts.lock().insert(
             id,
             Arc::new(Mounted {
                 mount,
                 mountpoint: path.to_path_buf(),
+                top,
             }),
         );
         Ok(())
+    }
+
+    /// Drops the workspaces that live as long as their mount and whose mount is gone
+    /// (`umount DIR`): what is left of their mount stack is detached and the workspace
+    /// deleted, as `DELETE /v1/workspaces/{id}` does. Returns how many.
+    pub fn drop_unmounted(&self) -> usize {
+        let watched: Vec<(WorkspaceId, Arc<Mounted>)> = self
+            .mounts
+            .lock()
+            .iter()
+            .filter(|(_, m)| m.top.is_some())
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let mut dropped = 0;
+        for (id, m) in watched {
+            let gone = m.top.as_ref().is_some_and(|top| {
+                let top = top.lock();
+                top.is_some_and(|t| !mount_exists(t))
+            });
+            if gone {
+                tracing::info!(workspace = %id, mountpoint = %m.mountpoint.display(), "unmounted from outside: the workspace is dropped");
+                drop(m);
+                match self.delete(id) {
+                    Ok(()) => dropped += 1,
+                    Err(e) => {
+                        tracing::warn!(workspace = %id, error = %e.message, "could not drop an unmounted workspace")
+                    }
+                }
+            }
+        }
+        dropped
     }
 
     /// One workspace.
@@ -281,7 +370,15 @@ impl Daemon {
         let start = Instant::now();
         let mounted = self.mounts.lock().get(&id).cloned();
         match mounted {
-            Some(m) => m.mount.checkout(snap, discard)?,
+            Some(m) => match &m.top {
+                Some(top) => {
+                    let mut top = top.lock();
+                    let done = m.mount.checkout(snap, discard);
+                    *top = top_mount(&m.mountpoint);
+                    done?
+                }
+                None => m.mount.checkout(snap, discard)?,
+            },
             None => {
                 self.unmounted_fuse(id)?;
                 self.repo.open_workspace(id)?.checkout(snap, discard)?;
@@ -344,7 +441,7 @@ impl Daemon {
             if is_mounted(&path) {
                 continue;
             }
-            let result = self.mount(engine_of(&rec), rec.id, &path);
+            let result = self.mount(engine_of(&rec), rec.id, &path, drop_on_unmount(&rec));
             match result {
                 Ok(()) => n += 1,
                 Err(e) => {

@@ -76,10 +76,14 @@ pub struct WorkspaceOut {
     pub dirty: bool,
     /// Whether it is mounted now.
     pub mounted: bool,
+    /// Deleted once unmounted from outside (`umount DIR`).
+    #[serde(default)]
+    pub drop_on_unmount: bool,
     /// Whether open files are passed through to the kernel.
     pub passthrough: bool,
     /// Overlay engine: its lower layer, `native` (a directory tree the kernel reads
-    /// alone) or `view` (a read-only FUSE view of the snapshot).
+    /// alone), `delta` (the difference from a native one, stacked over it) or `view` (a
+    /// read-only FUSE view of the snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower: Option<String>,
 }
@@ -190,6 +194,10 @@ pub struct CreateWorkspaceIn {
     pub from: Option<String>,
     /// `fuse`, `overlay` or `auto` (default).
     pub engine: Option<String>,
+    /// The workspace lives as long as its mount: unmounted from outside (`umount DIR`),
+    /// it is deleted (what `mount -t helios` asks for).
+    #[serde(default)]
+    pub drop_on_unmount: bool,
 }
 
 /// `POST /v1/workspaces/{id}/snapshot`.

@@ -7,6 +7,7 @@ mod durability;
 mod hostile;
 mod lifecycle;
 mod mcts;
+mod mount_helper;
 mod overlay;
 mod sandbox;
 mod soak;

@@ -23,7 +23,8 @@ pub async fn create(
             .parse()
             .map_err(|e: helios_fs::Error| ApiError::bad_request(e.to_string()))?,
     };
-    let out = blocking(move || d.create(&body.mountpoint, from, engine)).await?;
+    let out =
+        blocking(move || d.create(&body.mountpoint, from, engine, body.drop_on_unmount)).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
