@@ -2,6 +2,7 @@
 //! driven through the CLI and through raw HTTP, with real FUSE mounts.
 
 mod api;
+mod containers;
 mod crash_cycles;
 mod durability;
 mod hostile;

@@ -110,6 +110,54 @@ fn checkout_refuses_uncommitted_writes_through_open_handles(engine: Engine) {
 }
 
 #[test]
+fn mounts_on_directories_that_stay_directories_survive_a_checkout() {
+    // A container whose root filesystem is a workspace has /proc, /dev, /sys mounted on
+    // its directories: a checkout must not detach them (invalidating a dentry detaches
+    // the mounts on it), unless the path is no longer a directory.
+    let fx = Fixture::new();
+    for d in ["proc", "deep/er", "gone"] {
+        fs::create_dir_all(fx.p(d)).expect("mkdir");
+    }
+    fs::write(fx.p("deep/er/f"), b"1").expect("write");
+    let s1 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    fs::write(fx.p("deep/er/f"), b"2").expect("write");
+    fs::remove_dir(fx.p("gone")).expect("rmdir");
+    fs::write(fx.p("gone"), b"a file now").expect("write");
+    let s2 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    fx.mount().checkout(s1.id, false).expect("checkout");
+    let tmpfs = |d: &str| {
+        nix::mount::mount(
+            Some("t"),
+            &fx.p(d),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount a tmpfs on a workspace directory");
+        fs::write(fx.p(d).join("on-tmpfs"), b"x").expect("write");
+    };
+    for d in ["proc", "deep/er", "gone"] {
+        tmpfs(d);
+    }
+    fx.mount().checkout(s2.id, false).expect("checkout");
+    let mounted = |d: &str| fx.p(d).join("on-tmpfs").exists();
+    assert!(mounted("proc"), "a mount on /proc survives the checkout");
+    assert!(mounted("deep/er"), "a mount deeper down survives too");
+    assert!(!mounted("gone"), "the path is a file now: its mount went");
+    assert_eq!(fs::read(fx.p("gone")).expect("read"), b"a file now");
+    for d in ["deep/er", "proc"] {
+        nix::mount::umount2(&fx.p(d), nix::mount::MntFlags::MNT_DETACH).expect("unmount");
+    }
+    assert_eq!(fs::read(fx.p("deep/er/f")).expect("read"), b"2");
+}
+
+#[test]
 fn a_process_inside_the_mount_sees_the_new_tree() {
     let fx = Fixture::new();
     fs::create_dir(fx.p("work")).expect("mkdir");

@@ -166,7 +166,7 @@ impl Workspace {
         }
         st.journal_cleared();
         self.remove_dead_files(&mut st);
-        let invalidation = st.known_entries();
+        let invalidation = st.known_entries(&self.shared, &snap.tree);
         st.generation += 1;
         let generation = st.generation;
         let tref = TreeRef {

@@ -253,12 +253,18 @@ impl State {
     }
 
     /// Every (directory, name) and inode the kernel may have cached: what an engine must
-    /// invalidate when the tree under it changes. O(loaded directories).
-    pub(super) fn known_entries(&self) -> Invalidation {
+    /// invalidate when the tree under it becomes `new` (a checkout). O(loaded
+    /// directories). A directory that is a directory at the same path in `new` keeps its
+    /// inode (reused by path when its parent loads again), so its entry stays valid and
+    /// is not listed (its inode is): invalidating a dentry detaches every mount on it,
+    /// and a container whose root filesystem is the workspace has /proc, /dev and /sys
+    /// mounted on its directories.
+    pub(super) fn known_entries(&self, shared: &Shared, new: &Hash) -> Invalidation {
         let mut inv = Invalidation::default();
-        let mut stack = vec![Ino::ROOT];
+        let load = |h: &Hash| crate::tree::DirNode::load(&shared.store, h).ok();
+        let mut stack = vec![(Ino::ROOT, load(new))];
         inv.inodes.push(Ino::ROOT);
-        while let Some(dir) = stack.pop() {
+        while let Some((dir, new_dir)) = stack.pop() {
             let Ok(entries) = self.entries(dir) else {
                 continue;
             };
@@ -266,8 +272,14 @@ impl State {
                 let Some(i) = self.inodes.get(&child) else {
                     continue;
                 };
+                let new_child = match (&i.node, new_dir.as_ref().and_then(|d| d.get(name))) {
+                    (Node::Dir { .. }, Some(EntryKind::Dir { node, .. })) => Some(node),
+                    _ => None,
+                };
                 if i.nlookup.load(Relaxed) > 0 {
-                    inv.entries.push((dir, name.clone()));
+                    if new_child.is_none() {
+                        inv.entries.push((dir, name.clone()));
+                    }
                     inv.inodes.push(child);
                 }
                 if matches!(
@@ -277,7 +289,7 @@ impl State {
                         ..
                     }
                 ) {
-                    stack.push(child);
+                    stack.push((child, new_child.and_then(load)));
                 }
             }
         }
