@@ -91,6 +91,87 @@ fn the_fallback_can_be_forced_and_says_why() {
 }
 
 #[test]
+fn a_fork_over_a_delta_survives_kill_9_and_forks_again_over_one() {
+    let mut d = Daemon::start();
+    let src = d.path("src");
+    fs::create_dir_all(src.join("pkg")).expect("mkdir");
+    for i in 0..40 {
+        fs::write(src.join(format!("pkg/m{i}.py")), format!("x = {i}\n")).expect("write");
+    }
+    let s0 = d.json(&["import", src.to_str().expect("utf8")]);
+    let s0 = s0["id"].as_str().expect("id").to_string();
+    assert_eq!(d.json(&["warm", &s0])["native"], true);
+    // A search step: fork the root, change a file, snapshot; fork the new node.
+    let a = d.path("a");
+    fs::create_dir(&a).expect("mkdir");
+    let a_s = a.to_str().expect("utf8");
+    d.ok(&["mount", a_s, "--from", &s0]);
+    fs::write(a.join("pkg/m3.py"), "x = 'step 1'\n").expect("write");
+    fs::remove_file(a.join("pkg/m4.py")).expect("rm");
+    let s1 = d.json(&["snapshot", a_s])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let b = d.path("b");
+    fs::create_dir(&b).expect("mkdir");
+    let b_s = b.to_str().expect("utf8");
+    let ws = d.json(&["mount", b_s, "--from", &s1]);
+    assert_eq!(ws["lower"], "delta", "{ws}");
+    assert_eq!(
+        fs::read_to_string(b.join("pkg/m3.py")).expect("read"),
+        "x = 'step 1'\n"
+    );
+    assert!(
+        !b.join("pkg/m4.py").exists(),
+        "the delta's whiteout hides it"
+    );
+    // Work over the delta, fsynced, then the daemon is killed.
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(b.join("pkg/new.py")).expect("create");
+        f.write_all(b"y = 1\n").expect("write");
+        f.sync_all().expect("fsync");
+    }
+    d.kill9();
+    d.spawn();
+    assert!(is_mounted(&b), "restart mounts again:\n{}", d.log());
+    assert_eq!(
+        fs::read_to_string(b.join("pkg/new.py")).expect("read"),
+        "y = 1\n"
+    );
+    assert_eq!(
+        fs::read_to_string(b.join("pkg/m3.py")).expect("read"),
+        "x = 'step 1'\n"
+    );
+    assert!(!b.join("pkg/m4.py").exists());
+    let s2 = d.json(&["snapshot", b_s])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let out = d.path("out");
+    d.ok(&["export", &s2, out.to_str().expect("utf8")]);
+    assert_eq!(
+        fs::read_to_string(out.join("pkg/new.py")).expect("read"),
+        "y = 1\n"
+    );
+    assert!(!out.join("pkg/m4.py").exists());
+    assert_eq!(fs::read_dir(out.join("pkg")).expect("ls").count(), 40);
+    // Once the restarted daemon has checked the root's native lower again, new forks
+    // stand on deltas again.
+    let w = d.json(&["warm", &s0]);
+    assert_eq!(w["native"], true, "{w}");
+    let c = d.path("c");
+    fs::create_dir(&c).expect("mkdir");
+    let ws = d.json(&["mount", c.to_str().expect("utf8"), "--from", &s2]);
+    assert_eq!(ws["lower"], "delta", "{ws}");
+    assert_eq!(
+        fs::read_to_string(c.join("pkg/new.py")).expect("read"),
+        "y = 1\n"
+    );
+    assert!(d.ok(&["fsck"]).starts_with("ok"), "fsck");
+}
+
+#[test]
 fn warm_builds_a_native_lower_that_forks_and_restarts_use() {
     let mut d = Daemon::start();
     let src = d.path("src");
