@@ -303,7 +303,9 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 passthrough: !no_passthrough,
                 // allow_other needs root (or user_allow_other in /etc/fuse.conf).
-                allow_other: nix::unistd::geteuid().is_root(),
+                allow_other: nix::unistd::geteuid().is_root()
+                    || std::fs::read_to_string("/etc/fuse.conf")
+                        .is_ok_and(|c| c.lines().any(|l| l.trim() == "user_allow_other")),
                 journal_interval,
             },
         };

@@ -433,7 +433,7 @@ impl Daemon {
             while is_mounted(&path) && stale < 8 {
                 stale += 1;
                 tracing::warn!(mountpoint = %path.display(), "detaching a stale mount");
-                if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                if let Err(e) = helios_fs::detach(&path) {
                     tracing::error!(mountpoint = %path.display(), error = %e, "could not detach");
                     break;
                 }

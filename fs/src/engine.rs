@@ -75,6 +75,8 @@ pub struct Engines {
     lowers: Arc<Lowers>,
     /// `Err`: why the overlay engine cannot work here.
     overlay: std::result::Result<(), String>,
+    /// The daemon is not root: FUSE mounts go through fusermount3.
+    rootless: bool,
 }
 
 impl Engines {
@@ -98,13 +100,25 @@ impl Engines {
 
     fn build(
         repo: Arc<Repo>,
-        opts: MountOptions,
+        mut opts: MountOptions,
         allowed: std::result::Result<(), &str>,
     ) -> Engines {
+        let rootless = crate::fusermount::needed();
+        if rootless && opts.passthrough {
+            // Registering a backing file needs CAP_SYS_ADMIN.
+            opts.passthrough = false;
+        }
         let lowers = Arc::new(Lowers::new(repo.clone(), &opts));
-        let overlay = allowed
-            .map_err(str::to_string)
-            .and_then(|()| overlay::probe(&lowers));
+        let overlay = if rootless {
+            Err(
+                "overlayfs mounts need root (CAP_SYS_ADMIN); the daemon runs as an ordinary user"
+                    .to_string(),
+            )
+        } else {
+            allowed
+                .map_err(str::to_string)
+                .and_then(|()| overlay::probe(&lowers))
+        };
         if let Err(why) = &overlay {
             lowers.disable_natives(why);
         }
@@ -117,6 +131,16 @@ impl Engines {
             opts,
             lowers,
             overlay,
+            rootless,
+        }
+    }
+
+    /// What a daemon without root gives up, for a fuse workspace's `engine_reason`.
+    fn rootless_note(&self) -> &'static str {
+        if self.rootless {
+            "; without root: mounted through fusermount3, no FUSE passthrough (it needs CAP_SYS_ADMIN), no allow_other unless /etc/fuse.conf has user_allow_other"
+        } else {
+            ""
         }
     }
 
@@ -153,10 +177,13 @@ impl Engines {
             (EngineChoice::Auto, Ok(())) => {
                 Ok((Engine::Overlay, "auto: kernel overlayfs works here".into()))
             }
-            (EngineChoice::Auto, Err(why)) => {
-                Ok((Engine::Fuse, format!("auto: overlay unavailable ({why})")))
+            (EngineChoice::Auto, Err(why)) => Ok((
+                Engine::Fuse,
+                format!("auto: overlay unavailable ({why}){}", self.rootless_note()),
+            )),
+            (EngineChoice::Exactly(Engine::Fuse), _) => {
+                Ok((Engine::Fuse, format!("requested{}", self.rootless_note())))
             }
-            (EngineChoice::Exactly(Engine::Fuse), _) => Ok((Engine::Fuse, "requested".into())),
             (EngineChoice::Exactly(Engine::Overlay), Ok(())) => {
                 Ok((Engine::Overlay, "requested".into()))
             }

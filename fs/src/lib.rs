@@ -6,10 +6,12 @@
 mod engine;
 mod errno;
 mod fuse;
+mod fusermount;
 mod mount;
 mod overlay;
 
 pub use engine::{Capabilities, Engine, EngineChoice, Engines, MountedWorkspace};
+pub use fusermount::detach;
 pub use mount::{JOURNAL_INTERVAL, Mount, MountOptions};
 pub use overlay::{Lowers, OverlayWorkspace, Warmed};
 

@@ -53,6 +53,8 @@ pub struct Mount {
     mountpoint: PathBuf,
     /// Dropped to stop the background journal sync.
     syncer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    /// Mounted through fusermount3 (the daemon is not root).
+    unprivileged: bool,
 }
 
 impl std::fmt::Debug for Mount {
@@ -83,13 +85,27 @@ impl Mount {
         }
         config.n_threads = Some(opts.threads.max(1));
         config.clone_fd = opts.threads > 1;
-        let session =
-            fuser::Session::new(HeliosFs(inner.clone()), mountpoint, &config).map_err(|e| {
-                Error::Mount {
-                    context: format!("mount {}", mountpoint.display()),
-                    source: e,
-                }
-            })?;
+        let mount_err = |e| Error::Mount {
+            context: format!("mount {}", mountpoint.display()),
+            source: e,
+        };
+        let unprivileged = crate::fusermount::needed();
+        let session = if unprivileged {
+            // No root: fusermount3 mounts and hands the device back.
+            let mut o =
+                String::from("fsname=helios,subtype=helios,default_permissions,nodev,nosuid");
+            if ws.read_only() {
+                o.push_str(",ro");
+            }
+            if opts.allow_other {
+                o.push_str(",allow_other");
+            }
+            let fd = crate::fusermount::mount(mountpoint, &o).map_err(mount_err)?;
+            let acl = config.acl;
+            fuser::Session::from_fd(HeliosFs(inner.clone()), fd, acl, config).map_err(mount_err)?
+        } else {
+            fuser::Session::new(HeliosFs(inner.clone()), mountpoint, &config).map_err(mount_err)?
+        };
         let notifier = session.notifier();
         let _ = inner.notifier.set(session.notifier());
         let bg = session.spawn().map_err(|e| Error::Mount {
@@ -106,6 +122,7 @@ impl Mount {
             notifier,
             mountpoint: mountpoint.to_path_buf(),
             syncer: Mutex::new(syncer),
+            unprivileged,
         })
     }
 
@@ -187,6 +204,26 @@ impl Mount {
             let _ = thread.join();
         }
         let session = self.session.lock().take();
+        if self.unprivileged
+            && let Some(bg) = session
+        {
+            // The session was made from fusermount3's descriptor: fuser holds no mount
+            // to undo, fusermount3 unmounts.
+            if let Err(e) = crate::fusermount::unmount(&self.mountpoint, false) {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed; detaching lazily");
+                let _ = crate::fusermount::unmount(&self.mountpoint, true);
+                // The session ends when the last user leaves; not waited for.
+                drop(bg);
+                return Err(Error::Mount {
+                    context: format!("unmount {}", self.mountpoint.display()),
+                    source: e,
+                });
+            }
+            return bg.join().map_err(|e| Error::Mount {
+                context: format!("end the FUSE session of {}", self.mountpoint.display()),
+                source: e,
+            });
+        }
         if let Some(bg) = session
             && let Err(e) = bg.umount_and_join()
         {

@@ -10,6 +10,7 @@ mod lifecycle;
 mod mcts;
 mod mount_helper;
 mod overlay;
+mod rootless;
 mod sandbox;
 mod soak;
 
