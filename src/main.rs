@@ -69,6 +69,10 @@ enum Cmd {
         /// fuse, overlay or auto.
         #[arg(long)]
         engine: Option<String>,
+        /// Mount the snapshot read-only (fuse engine): writes get EROFS, snapshots are
+        /// refused, checkouts switch it to another snapshot.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Snapshot a workspace (named by id or mountpoint).
     Snapshot {
@@ -328,6 +332,7 @@ fn run(cli: Cli) -> Result<()> {
             mountpoint,
             from,
             engine,
+            read_only,
         } => {
             let mp = absolute(&mountpoint)?;
             if !mp.exists() {
@@ -337,7 +342,7 @@ fn run(cli: Cli) -> Result<()> {
             let v = c.call(
                 "POST",
                 "/v1/workspaces",
-                Some(json!({"mountpoint": mp, "from": from, "engine": engine})),
+                Some(json!({"mountpoint": mp, "from": from, "engine": engine, "read_only": read_only})),
             )?;
             let h = workspace_line(&v);
             (v, h)

@@ -24,6 +24,8 @@ struct Request {
     dir: PathBuf,
     engine: Option<String>,
     socket: Option<PathBuf>,
+    /// `-r` or `-o ro`: a read-only mount of the snapshot.
+    read_only: bool,
     /// `-f`: do everything but the mount.
     fake: bool,
 }
@@ -41,6 +43,7 @@ fn parse(args: &[String]) -> Result<Request, String> {
     let mut positional = Vec::new();
     let mut options = Vec::new();
     let mut fake = false;
+    let mut read_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -50,7 +53,7 @@ fn parse(args: &[String]) -> Result<Request, String> {
             }
             "-f" => fake = true,
             "-s" | "-n" | "-v" | "-w" => {}
-            "-r" => return Err("read-only helios mounts are not supported".into()),
+            "-r" => read_only = true,
             s if s.starts_with("-o") => options.push(s[2..].to_string()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
             s => positional.push(s.to_string()),
@@ -64,6 +67,7 @@ fn parse(args: &[String]) -> Result<Request, String> {
         dir: PathBuf::from(dir),
         engine: None,
         socket: None,
+        read_only,
         fake,
     };
     for opt in options.iter().flat_map(|o| o.split(',')) {
@@ -71,10 +75,10 @@ fn parse(args: &[String]) -> Result<Request, String> {
             Some(("engine", v)) => req.engine = Some(v.to_string()),
             Some(("socket", v)) => req.socket = Some(PathBuf::from(v)),
             _ if opt.is_empty() || ignored(opt) => {}
-            _ if opt == "ro" => return Err("read-only helios mounts are not supported".into()),
+            _ if opt == "ro" => req.read_only = true,
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?} (helios takes engine= and socket=)"
+                    "unknown mount option {opt:?} (helios takes engine=, socket= and ro)"
                 ));
             }
         }
@@ -107,6 +111,7 @@ pub fn run(args: &[String], default_socket: PathBuf) -> ExitCode {
                 "from": req.from,
                 "engine": req.engine,
                 "drop_on_unmount": true,
+                "read_only": req.read_only,
             })),
         )
     });
@@ -140,6 +145,7 @@ mod tests {
                 dir: "/mnt/w".into(),
                 engine: Some("overlay".into()),
                 socket: Some("/tmp/h.sock".into()),
+                read_only: false,
                 fake: false,
             }
         );
@@ -150,12 +156,12 @@ mod tests {
         assert_eq!(r.from, None);
         assert_eq!(r.engine, None);
         assert!(parse(&args("-f s1 /w")).expect("ok").fake);
+        assert!(parse(&args("s1 /w -o ro")).expect("ok").read_only);
+        assert!(parse(&args("-r s1 /w")).expect("ok").read_only);
     }
 
     #[test]
     fn refuses_what_it_cannot_honour() {
-        assert!(parse(&args("s1 /w -o ro")).is_err());
-        assert!(parse(&args("s1 /w -r")).is_err());
         let e = parse(&args("s1 /w -o engine=fuse,size=1g")).expect_err("unknown option");
         assert!(e.contains("size=1g"), "{e}");
         assert!(parse(&args("s1")).is_err());

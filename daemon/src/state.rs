@@ -14,6 +14,15 @@ use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::wire::WorkspaceOut;
 
+/// How a new workspace lives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Create {
+    /// Deleted once unmounted from outside (`mount -t helios`).
+    pub drop_on_unmount: bool,
+    /// Mounted read-only (the fuse engine).
+    pub read_only: bool,
+}
+
 /// A mounted workspace, whatever engine serves it.
 pub struct Mounted {
     mount: Box<dyn MountedWorkspace>,
@@ -157,6 +166,7 @@ impl Daemon {
             dirty,
             mounted: mounted.is_some(),
             drop_on_unmount: drop_on_unmount(&rec),
+            read_only: rec.read_only,
             passthrough,
             lower: lower.map(str::to_string),
         })
@@ -256,18 +266,34 @@ impl Daemon {
         mountpoint: &str,
         from: Option<SnapshotId>,
         engine: EngineChoice,
-        drop_on_unmount: bool,
+        how: Create,
     ) -> ApiResult<WorkspaceOut> {
-        let (engine, reason) = self
-            .engines
-            .resolve(engine)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Create {
+            drop_on_unmount,
+            read_only,
+        } = how;
+        let (engine, reason) = match (read_only, engine) {
+            (true, EngineChoice::Exactly(Engine::Overlay)) => {
+                return Err(ApiError::bad_request(
+                    "read-only workspaces are served by the fuse engine; ask for fuse or auto",
+                ));
+            }
+            (true, _) => (Engine::Fuse, "read-only: the fuse engine".to_string()),
+            (false, choice) => self
+                .engines
+                .resolve(choice)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        };
         let _one_at_a_time = self.creating.lock();
         let path = self.check_mountpoint(mountpoint)?;
         let start = Instant::now();
         let id = self
             .repo
-            .create_workspace(from, false, props(&path, engine, &reason, drop_on_unmount))?
+            .create_workspace(
+                from,
+                read_only,
+                props(&path, engine, &reason, drop_on_unmount),
+            )?
             .id();
         match self.mount(engine, id, &path, drop_on_unmount) {
             Ok(()) => {}

@@ -79,6 +79,9 @@ pub struct WorkspaceOut {
     /// Deleted once unmounted from outside (`umount DIR`).
     #[serde(default)]
     pub drop_on_unmount: bool,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
     /// Whether open files are passed through to the kernel.
     pub passthrough: bool,
     /// Overlay engine: its lower layer, `native` (a directory tree the kernel reads
@@ -198,6 +201,10 @@ pub struct CreateWorkspaceIn {
     /// it is deleted (what `mount -t helios` asks for).
     #[serde(default)]
     pub drop_on_unmount: bool,
+    /// A read-only mount of `from` (the fuse engine): writes get EROFS, snapshots are
+    /// refused, checkouts switch it to another snapshot.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// `POST /v1/workspaces/{id}/snapshot`.

@@ -124,3 +124,51 @@ fn a_full_disk_is_a_clear_error_and_the_store_recovers() {
     assert_eq!(fs::read_to_string(mp.join("keep")).expect("read"), "kept");
     d.stop();
 }
+
+#[test]
+fn read_only_mounts_of_a_snapshot() {
+    let d = Daemon::start();
+    let src = d.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    let mut snaps = Vec::new();
+    for word in ["one", "two"] {
+        fs::write(src.join("f"), word).expect("write");
+        let s = d.json(&["import", src.to_str().expect("utf8")]);
+        snaps.push(s["id"].as_str().expect("id").to_string());
+    }
+    let mp = d.path("ro");
+    fs::create_dir(&mp).expect("mkdir");
+    let mps = mp.to_str().expect("utf8");
+    let ws = d.json(&["mount", mps, "--from", &snaps[0], "--read-only"]);
+    assert_eq!(ws["read_only"], true, "{ws}");
+    assert_eq!(ws["engine"], "fuse", "read-only mounts are fuse ones: {ws}");
+    assert_eq!(fs::read_to_string(mp.join("f")).expect("read"), "one");
+    // Writes get EROFS, whatever they are.
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.expect_err("read-only").raw_os_error(), Some(libc::EROFS));
+    };
+    erofs(fs::write(mp.join("f"), "changed"));
+    erofs(fs::write(mp.join("new"), "x"));
+    erofs(fs::create_dir(mp.join("d")));
+    erofs(fs::remove_file(mp.join("f")));
+    // A snapshot is refused with a clear error; a checkout switches the mount.
+    let id = ws["id"].as_str().expect("id");
+    let (code, body) = d.http("POST", &format!("/v1/workspaces/{id}/snapshot"), None);
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "read_only", "{body}");
+    d.ok(&["checkout", mps, &snaps[1]]);
+    assert_eq!(fs::read_to_string(mp.join("f")).expect("read"), "two");
+    // The overlay engine does not serve read-only workspaces: said, nothing mounted.
+    let other = d.path("ro2");
+    fs::create_dir(&other).expect("mkdir");
+    let body = format!(
+        "{{\"mountpoint\": {:?}, \"from\": \"{}\", \"engine\": \"overlay\", \"read_only\": true}}",
+        other.to_str().expect("utf8"),
+        snaps[0]
+    );
+    let (code, out) = d.http("POST", "/v1/workspaces", Some(&body));
+    assert_eq!(code, 400, "{out}");
+    assert!(out.to_string().contains("fuse"), "{out}");
+    assert!(!is_mounted(&other));
+    d.ok(&["unmount", mps]);
+}

@@ -8,6 +8,7 @@ use helios_snapshot::{SnapshotId, WorkspaceId};
 
 use super::{ApiJson, ApiPath, AppState, blocking, parse_id};
 use crate::error::{ApiError, ApiResult};
+use crate::state::Create;
 use crate::wire::{CheckoutIn, CreateWorkspaceIn, SnapshotIn, SnapshotOut, WorkspaceOut};
 
 /// `POST /v1/workspaces`.
@@ -23,8 +24,18 @@ pub async fn create(
             .parse()
             .map_err(|e: helios_fs::Error| ApiError::bad_request(e.to_string()))?,
     };
-    let out =
-        blocking(move || d.create(&body.mountpoint, from, engine, body.drop_on_unmount)).await?;
+    let out = blocking(move || {
+        d.create(
+            &body.mountpoint,
+            from,
+            engine,
+            Create {
+                drop_on_unmount: body.drop_on_unmount,
+                read_only: body.read_only,
+            },
+        )
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
