@@ -44,16 +44,25 @@ enum Cmd {
         /// Also allow this group id on the socket (mode 0660).
         #[arg(long)]
         group: Option<u32>,
-        /// FUSE threads per mounted workspace.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        /// FUSE threads per mounted workspace [default: 2].
+        #[arg(long)]
+        threads: Option<usize>,
         /// Serve file data in userspace even where FUSE passthrough is available.
         #[arg(long)]
         no_passthrough: bool,
         /// Seconds between background syncs of each workspace's journal, which bound
-        /// what a crash loses of changes nobody fsynced; 0: sync only on fsync.
-        #[arg(long, default_value_t = 5.0)]
-        journal_interval: f64,
+        /// what a crash loses of changes nobody fsynced; 0: sync only on fsync
+        /// [default: 5].
+        #[arg(long)]
+        journal_interval: Option<f64>,
+        /// Also serve GET /metrics (Prometheus text) on this TCP address, e.g.
+        /// 127.0.0.1:9464.
+        #[arg(long)]
+        metrics_listen: Option<String>,
+        /// A TOML file with any of: state_dir, socket, group, threads, passthrough,
+        /// journal_interval, metrics_listen. Flags given on the command line win.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Import a directory as a new root snapshot.
     Import {
@@ -125,6 +134,29 @@ enum Cmd {
     Stats,
     /// Verify every object and reference.
     Fsck,
+}
+
+/// `helios serve --config FILE`: the daemon's settings as TOML; unknown keys are an
+/// error, so a typo never silently falls back to a default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    group: Option<u32>,
+    threads: Option<usize>,
+    passthrough: Option<bool>,
+    journal_interval: Option<f64>,
+    metrics_listen: Option<String>,
+}
+
+impl ServeFile {
+    fn read(path: &Path) -> Result<ServeFile> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid helios config", path.display()))
+    }
 }
 
 fn default_socket() -> PathBuf {
@@ -283,38 +315,55 @@ fn print_log(all: &[Value], from: Option<&str>) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let socket = cli.socket.clone().unwrap_or_else(default_socket);
     if let Cmd::Serve {
         state_dir,
         group,
         threads,
         no_passthrough,
         journal_interval,
+        metrics_listen,
+        config,
     } = cli.cmd
     {
-        let journal_interval = match journal_interval {
+        let file = match &config {
+            Some(p) => ServeFile::read(p)?,
+            None => ServeFile::default(),
+        };
+        let journal_interval = match journal_interval.or(file.journal_interval).unwrap_or(5.0) {
             0.0 => None,
             s if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
-            s => anyhow::bail!(
-                "--journal-interval must be 0 or a positive number of seconds, not {s}"
-            ),
+            s => {
+                anyhow::bail!("journal_interval must be 0 or a positive number of seconds, not {s}")
+            }
         };
+        let metrics_listen = metrics_listen
+            .or(file.metrics_listen)
+            .map(|a| {
+                a.parse::<std::net::SocketAddr>().with_context(|| {
+                    format!("metrics_listen {a:?} is not an address like 127.0.0.1:9464")
+                })
+            })
+            .transpose()?;
         let config = helios_daemon::Config {
-            state_dir: state_dir.unwrap_or_else(default_state_dir),
-            socket,
-            group,
+            state_dir: state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            socket: cli.socket.or(file.socket).unwrap_or_else(default_socket),
+            group: group.or(file.group),
             mount: helios_fs::MountOptions {
-                threads,
-                passthrough: !no_passthrough,
+                threads: threads.or(file.threads).unwrap_or(2),
+                passthrough: !no_passthrough && file.passthrough.unwrap_or(true),
                 // allow_other needs root (or user_allow_other in /etc/fuse.conf).
                 allow_other: nix::unistd::geteuid().is_root()
                     || std::fs::read_to_string("/etc/fuse.conf")
                         .is_ok_and(|c| c.lines().any(|l| l.trim() == "user_allow_other")),
                 journal_interval,
             },
+            metrics_listen,
         };
         return helios_daemon::serve(config).map_err(Into::into);
     }
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let c = Client::new(&socket)?;
     let (value, human): (Value, String) = match cli.cmd {
         Cmd::Serve { .. } => unreachable!("handled above"),
@@ -574,5 +623,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_with_every_key() {
+        let f: ServeFile =
+            toml::from_str(include_str!("../contrib/helios.toml")).expect("contrib/helios.toml");
+        assert_eq!(f.state_dir.as_deref(), Some(Path::new("/var/lib/helios")));
+        assert_eq!(f.threads, Some(2));
+        assert_eq!(f.passthrough, Some(true));
+        assert_eq!(f.journal_interval, Some(5.0));
+        assert_eq!(f.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
     }
 }

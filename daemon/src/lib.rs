@@ -30,6 +30,8 @@ pub struct Config {
     pub group: Option<u32>,
     /// FUSE options of every mount.
     pub mount: MountOptions,
+    /// Also serve `GET /metrics` (and nothing else) on this TCP address, for Prometheus.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -215,6 +217,42 @@ fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, StartErr
     Ok(listener)
 }
 
+/// The listening socket systemd passed (socket activation: `LISTEN_PID` is this
+/// process and `LISTEN_FDS` names one descriptor, 3), if it passed one; it then owns the
+/// socket's path and mode.
+fn activated_listener() -> Result<Option<std::os::unix::net::UnixListener>, StartError> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok());
+    if !ours || fds.is_none_or(|n| n == 0) {
+        return Ok(None);
+    }
+    const SD_LISTEN_FDS_START: i32 = 3;
+    // SAFETY: by the socket-activation protocol descriptor 3 is a socket systemd opened
+    // for this process (LISTEN_PID checked above) and nothing else in it owns it.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(SD_LISTEN_FDS_START)
+    };
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Io("the activated socket".into(), e))?;
+    // Not for the children (mount helpers, fusermount3).
+    // SAFETY: called first in `serve`, before this process starts any other thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    Ok(Some(listener))
+}
+
 /// Pins glibc's mmap threshold. Every FUSE session thread allocates a 16 MiB zeroed
 /// request buffer; with glibc's default dynamic threshold, once one such buffer is freed
 /// later ones come from the heap and calloc touches every page (measured: 5.7 GB RSS with
@@ -240,6 +278,9 @@ fn raise_fd_limit() {
 /// the persisted workspaces again, serves the socket; at the signal, stops accepting,
 /// finishes requests in flight, saves and unmounts every workspace, flushes the store.
 pub fn serve(config: Config) -> Result<(), StartError> {
+    // First, while this is the only thread (it edits the environment).
+    let activated = activated_listener()?;
+    let bound_here = activated.is_none();
     pin_mmap_threshold();
     raise_fd_limit();
     let _lock = lock_state_dir(&config.state_dir)?;
@@ -259,7 +300,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     tracing::info!(restored, "workspaces mounted again");
     watch_unmounts(Arc::downgrade(&daemon));
     let result = rt.block_on(async {
-        let listener = bind_socket(&config.socket, config.group)?;
+        let listener = match activated {
+            Some(l) => {
+                tracing::info!("serving the socket systemd passed (socket activation)");
+                UnixListener::from_std(l)
+                    .map_err(|e| StartError::Io("use the activated socket".into(), e))?
+            }
+            None => bind_socket(&config.socket, config.group)?,
+        };
         tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "helios daemon listening");
         let app = AppState {
             daemon: daemon.clone(),
@@ -268,6 +316,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 group: config.group,
             },
         };
+        if let Some(addr) = config.metrics_listen {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Io(format!("listen on {addr} for metrics"), e))?;
+            tracing::info!(address = %addr, "serving GET /metrics over TCP");
+            let router = api::metrics_router(app.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(tcp, router).await {
+                    tracing::warn!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         run(listener, app, shutdown_signal())
             .await
             .map_err(|e| StartError::Io("serve".into(), e))
@@ -276,7 +336,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let d = daemon.clone();
     // Unmounting waits for FUSE sessions; do it outside the runtime's async threads.
     std::thread::spawn(move || d.shutdown()).join().ok();
-    let _ = std::fs::remove_file(&config.socket);
+    if bound_here {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     drop(rt);
     result
 }

@@ -9,6 +9,7 @@ mod hostile;
 mod lifecycle;
 mod mcts;
 mod mount_helper;
+mod ops;
 mod overlay;
 mod rootless;
 mod sandbox;

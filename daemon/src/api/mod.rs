@@ -203,6 +203,14 @@ async fn not_found() -> ApiError {
 }
 
 /// The whole API.
+/// The metrics alone (`GET /metrics`), for a TCP listener Prometheus can scrape: no
+/// other route, so it changes nothing and names no path.
+pub fn metrics_router(app: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(system::metrics))
+        .with_state(app)
+}
+
 pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(system::health))
