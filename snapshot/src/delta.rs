@@ -13,7 +13,7 @@ use crate::ids::SnapshotId;
 use crate::io::{export_dir, export_other, set_attrs, write_file};
 use crate::repo::Repo;
 use crate::store::Store;
-use crate::tree::{Attrs, DirNode, EntryKind};
+use crate::tree::{Attrs, DirNode, EntryKind, Merged, merge_entries};
 
 /// How large a delta may get before `export_delta` declines to write it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,31 +83,15 @@ impl Plan<'_> {
     /// Plans directory `b` of `id` over directory `a` of `base` at `rel`; false once
     /// over the limits.
     fn dirs(&mut self, rel: &Path, a: &DirNode, b: &DirNode) -> Result<bool> {
-        let (mut i, mut j) = (0, 0);
-        while i < a.entries.len() || j < b.entries.len() {
-            let order = match (a.entries.get(i), b.entries.get(j)) {
-                (Some((na, _)), Some((nb, _))) => na.cmp(nb),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
-            };
-            let ok = match order {
-                std::cmp::Ordering::Less => {
-                    let p = rel.join(a.entries[i].0.as_os_str());
-                    i += 1;
+        for step in merge_entries(&a.entries, &b.entries) {
+            let ok = match step {
+                Merged::Left(name, _) => {
                     self.stats.deleted += 1;
-                    self.steps.push(Step::Gone(p));
+                    self.steps.push(Step::Gone(rel.join(name.as_os_str())));
                     self.take(0)
                 }
-                std::cmp::Ordering::Greater => {
-                    let (name, kb) = &b.entries[j];
-                    j += 1;
-                    self.put(rel.join(name.as_os_str()), kb)?
-                }
-                std::cmp::Ordering::Equal => {
-                    let (name, ka) = &a.entries[i];
-                    let kb = &b.entries[j].1;
-                    i += 1;
-                    j += 1;
+                Merged::Right(name, kb) => self.put(rel.join(name.as_os_str()), kb)?,
+                Merged::Both(name, ka, kb) => {
                     let p = rel.join(name.as_os_str());
                     match (ka, kb) {
                         (EntryKind::Dir { node: ha, .. }, EntryKind::Dir { node: hb, .. }) => {

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::ids::SnapshotId;
 use crate::repo::Repo;
 use crate::store::Store;
-use crate::tree::{DirNode, EntryKind};
+use crate::tree::{DirNode, EntryKind, Merged, merge_entries};
 
 /// What happened to a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -72,16 +72,9 @@ fn diff_dirs(
     b: &DirNode,
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    let (mut i, mut j) = (0, 0);
-    while i < a.entries.len() || j < b.entries.len() {
-        let order = match (a.entries.get(i), b.entries.get(j)) {
-            (Some((na, _)), Some((nb, _))) => na.cmp(nb),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                let (name, k) = &a.entries[i];
+    for step in merge_entries(&a.entries, &b.entries) {
+        match step {
+            Merged::Left(name, k) => {
                 all(
                     store,
                     &format!("{prefix}{name}"),
@@ -89,16 +82,11 @@ fn diff_dirs(
                     ChangeKind::Deleted,
                     out,
                 )?;
-                i += 1;
             }
-            std::cmp::Ordering::Greater => {
-                let (name, k) = &b.entries[j];
+            Merged::Right(name, k) => {
                 all(store, &format!("{prefix}{name}"), k, ChangeKind::Added, out)?;
-                j += 1;
             }
-            std::cmp::Ordering::Equal => {
-                let (name, ka) = &a.entries[i];
-                let kb = &b.entries[j].1;
+            Merged::Both(name, ka, kb) => {
                 let path = format!("{prefix}{name}");
                 match (ka, kb) {
                     (
@@ -138,8 +126,6 @@ fn diff_dirs(
                         }
                     }
                 }
-                i += 1;
-                j += 1;
             }
         }
     }

@@ -1,8 +1,10 @@
 //! The overlay engine: a workspace is a kernel overlayfs mount, so every data and
-//! metadata operation of the agent runs in the kernel. Its lower layer is a read-only
-//! helios FUSE view of the snapshot it was forked from (`Lowers`: one per snapshot,
-//! shared by every workspace over it, mounted in O(1) of the tree's size); its upperdir
-//! and workdir live in the workspace's directory. A snapshot scans the upperdir into an
+//! metadata operation of the agent runs in the kernel. Its lower layer (`Lowers`: one
+//! per snapshot, shared by every workspace over it) is the snapshot's native directory
+//! tree (`native`: imports, warmed and heavily read snapshots), else a delta over a
+//! native one (`delta`: written in O(changes)), else a read-only helios FUSE view of the
+//! snapshot (mounted in O(1) of the tree's size); its upperdir and workdir live in the
+//! workspace's directory. A snapshot scans the upperdir into an
 //! edit list over the lower snapshot (`scan`) and commits it through the core's one
 //! commit path. A checkout slides a new overlay in under the visible one
 //! (`MOVE_MOUNT_BENEATH`) and detaches the old one: one atomic switch for every new path

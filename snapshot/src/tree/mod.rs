@@ -311,6 +311,54 @@ pub struct DirNode {
     pub entries: Vec<(Name, EntryKind)>,
 }
 
+/// One step of walking two directories' entries (each sorted by name) side by side.
+pub(crate) enum Merged<'a> {
+    /// Only in the first.
+    Left(&'a Name, &'a EntryKind),
+    /// Only in the second.
+    Right(&'a Name, &'a EntryKind),
+    /// In both, under one name.
+    Both(&'a Name, &'a EntryKind, &'a EntryKind),
+}
+
+/// The entries of `a` and `b` (each sorted by name) in name order, paired where a name
+/// is in both: what a diff of two directories walks.
+pub(crate) fn merge_entries<'a>(
+    a: &'a [(Name, EntryKind)],
+    b: &'a [(Name, EntryKind)],
+) -> impl Iterator<Item = Merged<'a>> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let step = match (a.get(i), b.get(j)) {
+            (Some((na, ka)), Some((nb, kb))) => match na.cmp(nb) {
+                std::cmp::Ordering::Less => {
+                    i += 1;
+                    Merged::Left(na, ka)
+                }
+                std::cmp::Ordering::Greater => {
+                    j += 1;
+                    Merged::Right(nb, kb)
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    Merged::Both(na, ka, kb)
+                }
+            },
+            (Some((na, ka)), None) => {
+                i += 1;
+                Merged::Left(na, ka)
+            }
+            (None, Some((nb, kb))) => {
+                j += 1;
+                Merged::Right(nb, kb)
+            }
+            (None, None) => return None,
+        };
+        Some(step)
+    })
+}
+
 /// A stored directory: both of its hashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TreeRef {
