@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Daemon;
+use super::{Daemon, unmount_under};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -47,21 +47,6 @@ fn busybox_tree(dir: &Path) {
         .expect("/bin/busybox (Debian busybox-static)");
     for applet in ["sh", "sleep", "cat", "echo", "ls", "test", "["] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).expect("symlink");
-    }
-}
-
-/// Detaches every mount under `dir`, deepest first.
-fn unmount_under(dir: &Path) {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mps: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    mps.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for m in mps {
-        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

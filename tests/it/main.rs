@@ -247,14 +247,22 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         // Detach anything still mounted below the test directory.
-        let root = self.dir.path().to_string_lossy().into_owned();
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-                if mp.starts_with(&root) {
-                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Detaches every mount under `dir`, deepest first (a test's leftovers).
+pub fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mps: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    mps.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in mps {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{BIN, is_mounted};
+use super::{BIN, is_mounted, unmount_under};
 
 const NOBODY: u32 = 65534;
 
@@ -157,10 +157,7 @@ impl Drop for UserDaemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let mp = self.dir.join("mnt/w");
-        if is_mounted(&mp) {
-            let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(&self.dir);
     }
 }
 

@@ -142,10 +142,15 @@ impl Deltas {
         Some(l)
     }
 
-    /// A delta lower of `id` over a native lower (its nearest ancestor's if one of
+    /// A delta lower of `id` (child of `parent`) over a native lower (its nearest ancestor's if one of
     /// the last `GENERATIONS` has one), written now if need be; `None` when no native
     /// lower is close enough (every delta would exceed `LIMITS`).
-    pub(crate) fn get(&self, id: SnapshotId, natives: &Natives) -> Result<Option<Arc<Lower>>> {
+    pub(crate) fn get(
+        &self,
+        id: SnapshotId,
+        parent: Option<SnapshotId>,
+        natives: &Natives,
+    ) -> Result<Option<Arc<Lower>>> {
         if let Some(l) = self.cached(id) {
             return Ok(Some(l));
         }
@@ -157,7 +162,7 @@ impl Deltas {
         // the smallest delta, the others are tried (most recently used first) so that
         // the tip of a chain longer than the walk still finds its import's.
         let mut candidates = Vec::new();
-        let mut parent = self.repo.snapshot(id)?.parent;
+        let mut parent = parent;
         for _ in 0..GENERATIONS {
             let Some(p) = parent else { break };
             if natives.is_ready(p) {

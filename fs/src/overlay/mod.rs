@@ -222,7 +222,8 @@ impl Lowers {
             if let Some(l) = self.natives.get(id) {
                 return Ok(l);
             }
-            match self.deltas.get(id, &self.natives) {
+            let parent = self.repo.snapshot(id)?.parent;
+            match self.deltas.get(id, parent, &self.natives) {
                 Ok(Some(l)) => return Ok(l),
                 Ok(None) => {}
                 Err(e) => {
@@ -230,7 +231,7 @@ impl Lowers {
                 }
             }
             // The root of a search: its descendants' deltas stand on its native lower.
-            import = self.repo.snapshot(id)?.parent.is_none();
+            import = parent.is_none();
         }
         let mut open = self.open.lock();
         if let Some(l) = open.get(&id).and_then(Weak::upgrade) {
