@@ -71,30 +71,41 @@ fn read_tree(dir: &Path) -> std::io::Result<Tree> {
     Ok(out)
 }
 
+/// Names the step of a file operation that failed.
+fn step(what: &'static str) -> impl Fn(std::io::Error) -> std::io::Error {
+    move |e| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
 /// Writes `path` atomically and durably: a temporary, fsync, rename, fsync the directory.
 fn durable_write(root: &Path, path: &str, data: &[u8]) -> std::io::Result<()> {
     let p = root.join(path);
     let dir = p.parent().expect("parent").to_path_buf();
     if !dir.exists() {
-        fs::create_dir_all(&dir)?;
-        fs::File::open(root)?.sync_all()?;
+        fs::create_dir_all(&dir).map_err(step("mkdir -p"))?;
+        fs::File::open(root)
+            .and_then(|r| r.sync_all())
+            .map_err(step("fsync the root"))?;
     }
     let tmp = dir.join(format!(
         ".{}.tmp",
         p.file_name().expect("name").to_string_lossy()
     ));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
+    let mut f = fs::File::create(&tmp).map_err(step("create the temporary"))?;
+    f.write_all(data).map_err(step("write"))?;
+    f.sync_all().map_err(step("fsync"))?;
     drop(f);
-    fs::rename(&tmp, &p)?;
-    fs::File::open(&dir)?.sync_all()
+    fs::rename(&tmp, &p).map_err(step("rename"))?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(step("fsync the directory"))
 }
 
 fn durable_delete(root: &Path, path: &str) -> std::io::Result<()> {
     let p = root.join(path);
-    fs::remove_file(&p)?;
-    fs::File::open(p.parent().expect("parent"))?.sync_all()
+    fs::remove_file(&p).map_err(step("unlink"))?;
+    fs::File::open(p.parent().expect("parent"))
+        .and_then(|d| d.sync_all())
+        .map_err(step("fsync the directory"))
 }
 
 fn without_tmp(t: &Tree) -> Tree {
@@ -105,11 +116,12 @@ fn without_tmp(t: &Tree) -> Tree {
 }
 
 /// Checks a workspace after a restart and adopts what it holds.
-fn check_after_restart(w: &mut Ws, cycle: u64, seed: u64) {
+fn check_after_restart(w: &mut Ws, cycle: u64, seed: u64, log: &dyn Fn() -> String) {
     let got = read_tree(&w.mp).unwrap_or_else(|e| {
         panic!(
-            "seed {seed} cycle {cycle}: {} unreadable: {e}",
-            w.mp.display()
+            "seed {seed} cycle {cycle}: {} unreadable: {e}\n{}",
+            w.mp.display(),
+            log()
         )
     });
     // A temporary of an interrupted write may remain; it is garbage of that write.
@@ -130,10 +142,11 @@ fn check_after_restart(w: &mut Ws, cycle: u64, seed: u64) {
     };
     assert!(
         ok,
-        "seed {seed} cycle {cycle}: {} after a crash:\n got {:?}\nwant {:?}",
+        "seed {seed} cycle {cycle}: {} after a crash:\n got {:?}\nwant {:?}\n{}",
         w.mp.display(),
         clean.keys().collect::<Vec<_>>(),
-        w.tree.keys().collect::<Vec<_>>()
+        w.tree.keys().collect::<Vec<_>>(),
+        log()
     );
     for p in got.keys().filter(|p| p.ends_with(".tmp")) {
         let _ = fs::remove_file(w.mp.join(p));
@@ -204,7 +217,11 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
     // its workspace and mounted it again at the restart).
     let mut next_mp = spaces.len();
     let mut cycle = 0u64;
+    // The operations so far, for the message of a failure.
+    let mut trace: Vec<String> = Vec::new();
+    let tail = |t: &[String]| t[t.len().saturating_sub(30)..].join("\n");
     while cycle < cycles {
+        let mut desc = String::new();
         let k = rng.below(spaces.len() as u64) as usize;
         let choice = rng.below(100);
         let m = spaces[k].mp.to_str().expect("utf8").to_string();
@@ -213,30 +230,34 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
             let path = ["a", "b", "d/c", "d/e", "f/g/h"][rng.below(5) as usize].to_string();
             let len = 1 + rng.below(6000) as usize;
             let data: Vec<u8> = (0..len).map(|i| (cycle as usize + i * 31) as u8).collect();
+            desc = format!("write {m}/{path}");
             spaces[k].pending = Pending::Write(path.clone(), data.clone());
             match durable_write(&spaces[k].mp, &path, &data) {
                 Ok(()) => {
                     spaces[k].tree.insert(path, data);
                     Ok(())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(format!("write {m}/{path}: {e}")),
             }
         } else if choice < 57 && !spaces[k].tree.is_empty() {
             let n = rng.below(spaces[k].tree.len() as u64) as usize;
             let path = spaces[k].tree.keys().nth(n).expect("path").clone();
+            desc = format!("delete {m}/{path}");
             spaces[k].pending = Pending::Delete(path.clone());
             match durable_delete(&spaces[k].mp, &path) {
                 Ok(()) => {
                     spaces[k].tree.remove(&path);
                     Ok(())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(format!("delete {m}/{path}: {e}")),
             }
         } else if choice < 80 {
             let out = d.cli(&["--json", "snapshot", &m]);
+            desc = format!("snapshot {m}");
             if out.status.success() {
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
                 let id = v["id"].as_str().expect("id").to_string();
+                desc = format!("snapshot {m} -> {id}");
                 snaps.push((id, spaces[k].tree.clone()));
                 Ok(())
             } else {
@@ -244,6 +265,7 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
             }
         } else if choice < 92 && !snaps.is_empty() {
             let (id, target) = snaps[rng.below(snaps.len() as u64) as usize].clone();
+            desc = format!("checkout {m} {id}");
             spaces[k].pending = Pending::Checkout(target.clone());
             let out = d.cli(&["checkout", &m, &id, "--discard"]);
             if out.status.success() {
@@ -257,6 +279,7 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
             let mp = d.path(&format!("ws{next_mp}"));
             next_mp += 1;
             let engine = ["fuse", "overlay"][next_mp % 2];
+            desc = format!("fork {id} at {} ({engine})", mp.display());
             let out = d.cli(&[
                 "--json",
                 "mount",
@@ -280,6 +303,12 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
         } else {
             Ok(())
         };
+        if !desc.is_empty() {
+            trace.push(format!(
+                "{cycle}: {desc}: {}",
+                result.as_ref().map_or_else(|e| e.trim(), |()| "ok")
+            ));
+        }
         match result {
             Ok(()) => {
                 spaces[k].pending = Pending::None;
@@ -298,13 +327,17 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
                 };
                 assert!(
                     dead,
-                    "seed {seed} cycle {cycle}: an operation failed with the daemon alive: {e}\n{}",
-                    d.log()
+                    "seed {seed} cycle {cycle}: an operation failed with the daemon alive: {e}\n{}\noperations:\n{}",
+                    d.log(),
+                    tail(&trace)
                 );
                 restarts += 1;
+                trace.push(format!("{cycle}: restart"));
                 d.spawn();
                 for w in &mut spaces {
-                    check_after_restart(w, cycle, seed);
+                    check_after_restart(w, cycle, seed, &|| {
+                        format!("{}\noperations:\n{}", d.log(), tail(&trace))
+                    });
                 }
                 *pid.lock().expect("lock") = d.pid();
             }
@@ -316,7 +349,9 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
     if d.exited() {
         d.spawn();
         for w in &mut spaces {
-            check_after_restart(w, cycle, seed);
+            check_after_restart(w, cycle, seed, &|| {
+                format!("{}\noperations:\n{}", d.log(), tail(&trace))
+            });
         }
     }
     eprintln!(

@@ -85,7 +85,11 @@ impl Daemon {
             .arg(&self.socket)
             .args(&self.serve_args)
             .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
+            // HELIOS_TEST_LOG: the daemons' log filter, for a failure being chased.
+            .env(
+                "RUST_LOG",
+                std::env::var("HELIOS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -420,14 +420,19 @@ impl OverlayWorkspace {
         std::fs::create_dir_all(&layers).map_err(io(format!("create {}", layers.display())))?;
         let layers =
             std::fs::canonicalize(&layers).map_err(io(format!("resolve {}", layers.display())))?;
-        let mut found: Vec<(u64, Option<SnapshotId>, PathBuf)> = std::fs::read_dir(&layers)
+        let mut found: Vec<(u64, Option<SnapshotId>, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(&layers)
             .map_err(io(format!("read {}", layers.display())))?
             .flatten()
-            .filter_map(|e| {
-                let (g, l) = parse_layer(&e.file_name().to_string_lossy())?;
-                Some((g, l, e.path()))
-            })
-            .collect();
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((g, l)) = parse_layer(&name) {
+                found.push((g, l, e.path()));
+            } else if name.starts_with(BUILDING) {
+                // Left by a crash while a checkout built it.
+                remove_later(e.path());
+            }
+        }
         found.sort_by_key(|f| f.0);
 
         let next_gen = found.last().map_or(0, |f| f.0 + 1);
@@ -656,10 +661,13 @@ fn new_layer(
     lower_id: Option<SnapshotId>,
     lower: Arc<Lower>,
 ) -> Result<Layer> {
-    let dir = layers.join(format!("{gen_}.{}", key(lower_id)));
-    let _ = std::fs::remove_dir_all(&dir);
+    // Built under a name no mount takes (`parse_layer` refuses it), then renamed: a crash
+    // midway leaves no layer that a restart would mount half made.
+    let name = format!("{gen_}.{}", key(lower_id));
+    let building = layers.join(format!("{BUILDING}{name}"));
+    let _ = std::fs::remove_dir_all(&building);
     let layer = Layer {
-        dir,
+        dir: building,
         lower_id,
         view: lower,
     };
@@ -679,10 +687,14 @@ fn new_layer(
         xattr::set(&upper, std::ffi::OsStr::from_bytes(name), value)
             .map_err(io(format!("set xattrs of {}", upper.display())))?;
     }
-    // The layer is complete: a crash before this point leaves a directory that the
-    // next mount ignores or removes.
-    Ok(layer)
+    let dir = layers.join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&layer.dir, &dir).map_err(io(format!("rename {}", layer.dir.display())))?;
+    Ok(Layer { dir, ..layer })
 }
+
+/// The name prefix of a layer directory being built (`new_layer`).
+const BUILDING: &str = ".building-";
 
 /// Removes a layer directory off the caller's thread (deleting many files is slow on
 /// some disks).

@@ -15,6 +15,7 @@ both_engines!(
     snapshot_write_checkout_round_trip,
     checkout_refuses_uncommitted_writes_through_open_handles,
     snapshots_while_writers_run_stay_consistent,
+    a_directory_gone_after_two_checkouts_is_gone,
 );
 
 fn snapshot_write_checkout_round_trip(engine: Engine) {
@@ -107,6 +108,44 @@ fn checkout_refuses_uncommitted_writes_through_open_handles(engine: Engine) {
     fx.mount().checkout(s2.id, false).expect("checkout");
     fx.mount().checkout(s1.id, true).expect("discard");
     assert_eq!(fs::read(fx.p("f")).expect("read"), b"v1");
+}
+
+fn a_directory_gone_after_two_checkouts_is_gone(engine: Engine) {
+    // Found by the crash cycles. A checkout keeps the kernel's entry of a directory that
+    // stays a directory; a second checkout, before anything loaded the root again, to a
+    // tree without it must still drop that entry (the kernel answered a path walk
+    // through the directory from its cache, and a create in it failed with ENOENT).
+    let fx = EngineFixture::new(engine);
+    fs::write(fx.p("a"), b"a").expect("write");
+    let s0 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    fs::create_dir_all(fx.p("d/e")).expect("mkdir");
+    fs::write(fx.p("d/e/x"), b"x").expect("write");
+    let s1 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    fs::write(fx.p("d/e/x"), b"x2").expect("write");
+    fx.mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    // The kernel may drop an unused entry at any time; an open directory pins it.
+    let pin = File::open(fx.p("d")).expect("open d");
+    fx.mount().checkout(s1.id, true).expect("checkout s1");
+    fx.mount().checkout(s0.id, true).expect("checkout s0");
+    assert!(!fx.p("d").exists(), "d is not in s0");
+    drop(pin);
+    assert!(!fx.p("d/e").exists(), "nor d/e");
+    fs::create_dir_all(fx.p("d/e")).expect("mkdir again");
+    fs::write(fx.p("d/e/y"), b"y").expect("create in the new directory");
+    assert_eq!(fs::read(fx.p("d/e/y")).expect("read"), b"y");
+    // And back: the path is a directory again, with s1's content.
+    fx.mount().checkout(s0.id, true).expect("checkout s0 again");
+    fx.mount().checkout(s1.id, true).expect("checkout s1 again");
+    assert_eq!(fs::read(fx.p("d/e/x")).expect("read"), b"x");
+    assert!(!fx.p("d/e/y").exists());
 }
 
 #[test]

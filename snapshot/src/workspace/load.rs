@@ -265,8 +265,18 @@ impl State {
         let mut stack = vec![(Ino::ROOT, load(new))];
         inv.inodes.push(Ino::ROOT);
         while let Some((dir, new_dir)) = stack.pop() {
-            let Ok(entries) = self.entries(dir) else {
-                continue;
+            // A directory not loaded since an earlier checkout still has the entries the
+            // kernel may cache from before it (`prev`): a directory that stayed one then
+            // kept its kernel entry, which this checkout may have to drop.
+            let entries = match self.inodes.get(&dir).map(|i| &i.node) {
+                Some(Node::Dir {
+                    state: DirState::Loaded { entries, .. },
+                    ..
+                }) => entries,
+                Some(Node::Dir {
+                    prev: Some(prev), ..
+                }) => prev,
+                _ => continue,
             };
             for (name, &child) in entries {
                 let Some(i) = self.inodes.get(&child) else {
@@ -287,7 +297,7 @@ impl State {
                     Node::Dir {
                         state: DirState::Loaded { .. },
                         ..
-                    }
+                    } | Node::Dir { prev: Some(_), .. }
                 ) {
                     stack.push((child, new_child.and_then(load)));
                 }
