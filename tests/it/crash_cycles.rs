@@ -4,8 +4,9 @@
 //! the kill interrupted, at the state that operation would have made); at the end every
 //! acknowledged snapshot must read back by content and fsck must pass.
 //!
-//! `HELIOS_CRASH_CYCLES` sets the number of cycles (CI runs a short run by default;
-//! `scripts/crash-cycles` runs 200). `HELIOS_CRASH_SEED` replays a run.
+//! `HELIOS_CRASH_CYCLES` sets the number of cycles (300 by default, a few seconds;
+//! `scripts/crash-cycles` runs 3000). `HELIOS_CRASH_SEED` replays a run's operations
+//! (the kills' timing differs).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -160,7 +161,7 @@ fn acknowledged_state_survives_kill_9_at_random_moments() {
     let cycles: u64 = std::env::var("HELIOS_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(300);
     let seed: u64 = std::env::var("HELIOS_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
