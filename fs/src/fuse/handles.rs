@@ -261,6 +261,12 @@ impl Inner {
                 },
             }
         }
+        if backing.is_none() {
+            // Every write of a handle served here reaches `wrote` before it returns, so
+            // the file is counted changed already: a flush at close has nothing to add
+            // (it exists for passthrough writers, whose writes are unseen here).
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
+        }
         let fh = self.add_handle(Handle::File {
             ino,
             file,

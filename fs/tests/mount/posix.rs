@@ -490,3 +490,54 @@ fn set_id_bits_are_cleared_as_on_ext4(engine: Engine) {
         other => panic!("write is {other:?}"),
     }
 }
+
+#[test]
+fn writers_served_here_cost_no_flush_and_every_write_counts() {
+    // Without passthrough (rootless daemons, set-id files) every write reaches the
+    // daemon, so a close needs no flush round trip; a snapshot still sees each write,
+    // including one made through a handle kept open across an earlier snapshot.
+    let fx = Fixture::with(
+        None,
+        false,
+        helios_fs::MountOptions {
+            passthrough: false,
+            ..Default::default()
+        },
+    );
+    let flushes = || {
+        fx.mount()
+            .requests()
+            .iter()
+            .find(|(op, _)| *op == "flush")
+            .map_or(0, |(_, n)| *n)
+    };
+    for i in 0..20 {
+        fs::write(fx.p(&format!("f{i}")), format!("v{i}")).expect("write");
+    }
+    assert_eq!(flushes(), 0, "{:?}", fx.mount().requests());
+    let mut held = OpenOptions::new()
+        .write(true)
+        .open(fx.p("f0"))
+        .expect("open");
+    let s1 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    held.write_all(b"later").expect("write");
+    drop(held);
+    let s2 = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    assert_ne!(
+        s1.root, s2.root,
+        "the write after the first snapshot is in the second"
+    );
+    let view = fx
+        .repo
+        .create_workspace(Some(s2.id), true, Default::default())
+        .expect("view");
+    assert_eq!(view.read_file("f0").expect("read"), b"later");
+    assert_eq!(view.read_file("f19").expect("read"), b"v19");
+    assert_eq!(flushes(), 0, "{:?}", fx.mount().requests());
+}
