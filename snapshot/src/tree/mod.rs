@@ -493,6 +493,36 @@ mod tests {
         }
     }
 
+    /// The fingerprint and node hash are part of the format: pinned, so that a change of
+    /// the encoder that alters either (rather than only its speed) fails here.
+    #[test]
+    fn fingerprint_and_node_hash_are_pinned() {
+        let mut node = sample(5);
+        node.entries.push((
+            Name::new(b"d").expect("name"),
+            EntryKind::Dir {
+                node: Hash::of(b"node"),
+                fp: Hash::of(b"fp"),
+                bytes: 7,
+            },
+        ));
+        node.entries.push((
+            Name::new(b"e").expect("name"),
+            EntryKind::Special {
+                attrs: attrs(9),
+                special: Special::Char(0x0501),
+            },
+        ));
+        let e = node.encode();
+        assert_eq!(
+            (e.tref.fp.to_string(), e.tref.node.to_string()),
+            (
+                "a4c7380f488d703bb5a6ae169c5cc4c7b8875170c3c57aa2b860f4233c6f10e4".to_string(),
+                "9271317d96c977b3b9ab393d85c6cb91a03e5ff3c5edd223c3f2659128cc9345".to_string()
+            )
+        );
+    }
+
     #[test]
     fn encode_decode_round_trip() {
         let node = sample(5);
