@@ -44,7 +44,7 @@ enum Cmd {
         /// Also allow this group id on the socket (mode 0660).
         #[arg(long)]
         group: Option<u32>,
-        /// FUSE threads per mounted workspace [default: 2].
+        /// FUSE threads per mounted workspace [default: one per core, 2 to 4].
         #[arg(long)]
         threads: Option<usize>,
         /// Serve file data in userspace even where FUSE passthrough is available.
@@ -351,7 +351,9 @@ fn run(cli: Cli) -> Result<()> {
             socket: cli.socket.or(file.socket).unwrap_or_else(default_socket),
             group: group.or(file.group),
             mount: helios_fs::MountOptions {
-                threads: threads.or(file.threads).unwrap_or(2),
+                threads: threads
+                    .or(file.threads)
+                    .unwrap_or_else(helios_fs::default_threads),
                 passthrough: !no_passthrough && file.passthrough.unwrap_or(true),
                 // allow_other needs root (or user_allow_other in /etc/fuse.conf).
                 allow_other: nix::unistd::geteuid().is_root()

@@ -31,12 +31,19 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> MountOptions {
         MountOptions {
-            threads: 2,
+            threads: default_threads(),
             passthrough: true,
             allow_other: true,
             journal_interval: Some(JOURNAL_INTERVAL),
         }
     }
+}
+
+/// FUSE threads per workspace unless told: one per core, at least 2 (a request that
+/// waits on the store must not stall the others) and at most 4 (a daemon serves many
+/// workspaces, each with its own threads and device descriptors).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
 }
 
 /// How often a mounted workspace's journal is synced in the background by default,
