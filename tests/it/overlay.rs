@@ -221,3 +221,39 @@ fn warm_builds_a_native_lower_that_forks_and_restarts_use() {
     assert!(d.ok(&["fsck"]).starts_with("ok"), "fsck");
     d.ok(&["unmount", mps]);
 }
+
+#[test]
+fn a_layer_half_made_by_a_killed_checkout_is_never_mounted() {
+    // A kill -9 inside a checkout once left a half-made newest layer that the restart
+    // mounted (ENOENT: the workspace came back unmounted). Layers are built under
+    // `.building-` and renamed when complete; here the leftover of such a kill is planted
+    // by hand, newer than any real layer and over the record's own lower.
+    let mut d = Daemon::start();
+    let mp = d.path("ws");
+    let mps = mp.to_str().expect("utf8");
+    let w = d.json(&["mount", mps, "--engine", "overlay"]);
+    fs::write(mp.join("f"), "one").expect("write");
+    let s1 = d.json(&["snapshot", mps]);
+    let s1 = s1["id"].as_str().expect("id").to_string();
+    fs::write(mp.join("f"), "two").expect("write");
+    d.ok(&["checkout", mps, &s1, "--discard"]);
+    d.kill9();
+    let layers = d
+        .state
+        .join("workspaces")
+        .join(w["id"].as_str().expect("id"))
+        .join("overlay");
+    let half = layers.join(format!(".building-99.{s1}"));
+    fs::create_dir_all(half.join("upper")).expect("plant a half-made layer");
+    fs::write(half.join("upper/f"), "never acknowledged").expect("write");
+    d.spawn();
+    assert!(is_mounted(&mp), "restart mounts again:\n{}", d.log());
+    assert_eq!(fs::read_to_string(mp.join("f")).expect("read"), "one");
+    let start = std::time::Instant::now();
+    while half.exists() && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!half.exists(), "the leftover is removed");
+    d.ok(&["checkout", mps, &s1, "--discard"]);
+    assert_eq!(fs::read_to_string(mp.join("f")).expect("read"), "one");
+}

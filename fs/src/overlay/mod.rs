@@ -671,6 +671,25 @@ fn new_layer(
         lower_id,
         view: lower,
     };
+    let built = build_layer(repo, &layer).and_then(|()| {
+        let dir = layers.join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&layer.dir, &dir).map_err(io(format!("rename {}", layer.dir.display())))?;
+        Ok(dir)
+    });
+    match built {
+        Ok(dir) => Ok(Layer { dir, ..layer }),
+        Err(e) => {
+            remove_later(layer.dir);
+            Err(e)
+        }
+    }
+}
+
+/// Makes `layer`'s upper and work directories, the upper root with the lower root's
+/// attributes.
+fn build_layer(repo: &Repo, layer: &Layer) -> Result<()> {
+    let lower_id = layer.lower_id;
     for d in [layer.upper(), layer.work()] {
         std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
     }
@@ -687,10 +706,7 @@ fn new_layer(
         xattr::set(&upper, std::ffi::OsStr::from_bytes(name), value)
             .map_err(io(format!("set xattrs of {}", upper.display())))?;
     }
-    let dir = layers.join(&name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&layer.dir, &dir).map_err(io(format!("rename {}", layer.dir.display())))?;
-    Ok(Layer { dir, ..layer })
+    Ok(())
 }
 
 /// The name prefix of a layer directory being built (`new_layer`).

@@ -265,18 +265,8 @@ impl State {
         let mut stack = vec![(Ino::ROOT, load(new))];
         inv.inodes.push(Ino::ROOT);
         while let Some((dir, new_dir)) = stack.pop() {
-            // A directory not loaded since an earlier checkout still has the entries the
-            // kernel may cache from before it (`prev`): a directory that stayed one then
-            // kept its kernel entry, which this checkout may have to drop.
-            let entries = match self.inodes.get(&dir).map(|i| &i.node) {
-                Some(Node::Dir {
-                    state: DirState::Loaded { entries, .. },
-                    ..
-                }) => entries,
-                Some(Node::Dir {
-                    prev: Some(prev), ..
-                }) => prev,
-                _ => continue,
+            let Some(entries) = self.inodes.get(&dir).and_then(|i| kernel_known(&i.node)) else {
+                continue;
             };
             for (name, &child) in entries {
                 let Some(i) = self.inodes.get(&child) else {
@@ -292,13 +282,7 @@ impl State {
                     }
                     inv.inodes.push(child);
                 }
-                if matches!(
-                    i.node,
-                    Node::Dir {
-                        state: DirState::Loaded { .. },
-                        ..
-                    } | Node::Dir { prev: Some(_), .. }
-                ) {
+                if kernel_known(&i.node).is_some() {
                     stack.push((child, new_child.and_then(load)));
                 }
             }
@@ -307,5 +291,19 @@ impl State {
         // kernel can no longer find its children's dentries to invalidate them.
         inv.entries.reverse();
         inv
+    }
+}
+
+/// The entries of a directory the kernel may have cached: its loaded ones, or, for one
+/// not loaded since an earlier checkout, those from before it (`prev`; a directory that
+/// stayed a directory kept its kernel entry, which a later checkout may have to drop).
+fn kernel_known(node: &Node) -> Option<&BTreeMap<Name, Ino>> {
+    match node {
+        Node::Dir {
+            state: DirState::Loaded { entries, .. },
+            ..
+        } => Some(entries),
+        Node::Dir { prev, .. } => prev.as_ref(),
+        _ => None,
     }
 }
