@@ -19,11 +19,17 @@ pub struct ApiError {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// The paths a merge conflict names.
+    pub paths: Vec<String>,
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}, HTTP {})", self.message, self.code, self.status)
+        write!(f, "{} ({}, HTTP {})", self.message, self.code, self.status)?;
+        for p in &self.paths {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -65,6 +71,12 @@ impl Client {
             message: err["message"]
                 .as_str()
                 .map_or_else(|| value.to_string(), str::to_string),
+            paths: err["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect(),
         }
         .into())
     }

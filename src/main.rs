@@ -101,6 +101,18 @@ enum Cmd {
         #[arg(long)]
         discard: bool,
     },
+    /// Merge snapshot B into snapshot A (three-way, against their common ancestor): a
+    /// new snapshot, child of A; a conflict lists the paths that do not merge.
+    Merge {
+        a: String,
+        b: String,
+        /// Check this workspace (id or mountpoint; no uncommitted changes) out to the
+        /// merge.
+        #[arg(long)]
+        into: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Paths that differ between two snapshots.
     Diff { a: String, b: String },
     /// The snapshot tree (below SNAPSHOT, or all of it).
@@ -285,7 +297,13 @@ fn print_log(all: &[Value], from: Option<&str>) -> String {
             .as_str()
             .map(|r| &r[..r.len().min(12)])
             .unwrap_or("");
-        out.push_str(&format!("{prefix}{branch}{id}{label}  [{root}]{ann}\n"));
+        let merged = s["merged"]
+            .as_str()
+            .map(|m| format!(" (merge of {m})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{prefix}{branch}{id}{label}{merged}  [{root}]{ann}\n"
+        ));
         let children: Vec<&str> = all
             .iter()
             .filter(|c| c["parent"] == id)
@@ -425,6 +443,19 @@ fn run(cli: Cli) -> Result<()> {
                 Some(json!({"snapshot": snapshot, "discard": discard})),
             )?;
             let h = format!("{id} now at {}", v["base"].as_str().unwrap_or("?"));
+            (v, h)
+        }
+        Cmd::Merge { a, b, into, label } => {
+            let into = into.map(|w| workspace_id(&c, &w)).transpose()?;
+            let v = c.call(
+                "POST",
+                &format!("/v1/snapshots/{a}/merge/{b}"),
+                Some(json!({"label": label, "into": into})),
+            )?;
+            let mut h = format!("{} merged into {a}: {}", b, snapshot_line(&v));
+            if let Some(w) = &into {
+                h.push_str(&format!("\n{w} now at {}", v["id"].as_str().unwrap_or("?")));
+            }
             (v, h)
         }
         Cmd::Diff { a, b } => {

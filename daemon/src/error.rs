@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for people.
     pub message: String,
+    /// The paths a `conflict` of a merge names (all of them; sent when not empty).
+    pub paths: Vec<String>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
             message: message.into(),
+            paths: Vec::new(),
         }
     }
 
@@ -33,6 +36,7 @@ impl ApiError {
             status: StatusCode::CONFLICT,
             code,
             message: message.into(),
+            paths: Vec::new(),
         }
     }
 
@@ -42,6 +46,7 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: message.into(),
+            paths: Vec::new(),
         }
     }
 }
@@ -49,12 +54,18 @@ impl ApiError {
 impl From<Core> for ApiError {
     fn from(e: Core) -> ApiError {
         let message = e.to_string();
+        let paths = match &e {
+            Core::Conflict(paths) => paths.clone(),
+            _ => Vec::new(),
+        };
         let (status, code) = match &e {
             Core::SnapshotNotFound(_) | Core::WorkspaceNotFound(_) | Core::NoEntry(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             Core::AlreadyExists(_) => (StatusCode::CONFLICT, "conflict"),
             Core::Dirty(_) => (StatusCode::CONFLICT, "dirty"),
+            Core::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Core::NoCommonAncestor(..) => (StatusCode::CONFLICT, "no_common_ancestor"),
             Core::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
             Core::ReadOnly => (StatusCode::CONFLICT, "read_only"),
             Core::InvalidName(_)
@@ -79,6 +90,7 @@ impl From<Core> for ApiError {
             status,
             code,
             message,
+            paths,
         }
     }
 }
@@ -94,6 +106,7 @@ impl From<helios_fs::Error> for ApiError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
                     code: "engine",
                     message: other.to_string(),
+                    paths: Vec::new(),
                 }
             }
         }
@@ -102,7 +115,11 @@ impl From<helios_fs::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if !self.paths.is_empty() {
+            error["paths"] = serde_json::json!(self.paths);
+        }
+        let body = serde_json::json!({ "error": error });
         (self.status, Json(body)).into_response()
     }
 }

@@ -386,6 +386,32 @@ impl Daemon {
         Ok(snap)
     }
 
+    /// Merges snapshot `b` into `a` (a new child of `a`) and, with `into`, checks that
+    /// workspace out to the merge. A workspace with uncommitted changes is refused
+    /// before anything is written.
+    pub fn merge(
+        &self,
+        a: SnapshotId,
+        b: SnapshotId,
+        req: SnapshotRequest,
+        into: Option<WorkspaceId>,
+    ) -> ApiResult<Snapshot> {
+        let start = Instant::now();
+        if let Some(w) = into
+            && self.out(w)?.dirty
+        {
+            return Err(helios_snapshot::Error::Dirty(w).into());
+        }
+        let merged = self.repo.merge(a, b, req)?;
+        self.metrics.op("merge", start.elapsed());
+        if let Some(w) = into {
+            // Changes made between the check above and here are not discarded: the
+            // checkout refuses (409 dirty) and the merge snapshot stays, unused.
+            self.checkout(w, merged.id, false)?;
+        }
+        Ok(merged)
+    }
+
     /// Switches a workspace to another snapshot in place.
     pub fn checkout(
         &self,

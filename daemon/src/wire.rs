@@ -11,6 +11,9 @@ pub struct SnapshotOut {
     pub id: String,
     /// Parent id, `null` for an import.
     pub parent: Option<String>,
+    /// For a merge: the snapshot merged into `parent`; `null` otherwise.
+    #[serde(default)]
+    pub merged: Option<String>,
     /// State fingerprint (hex BLAKE3).
     pub root: String,
     /// Label.
@@ -44,6 +47,7 @@ impl From<&Snapshot> for SnapshotOut {
         SnapshotOut {
             id: s.id.to_string(),
             parent: s.parent.map(|p| p.to_string()),
+            merged: s.merged.map(|m| m.to_string()),
             root: s.root.to_string(),
             label: s.label.clone(),
             created: humantime::format_rfc3339_millis(created).to_string(),
@@ -217,6 +221,21 @@ pub struct SnapshotIn {
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
     /// `sync` (default) or `buffered`.
     pub durability: Option<String>,
+}
+
+/// `POST /v1/snapshots/{a}/merge/{b}`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MergeIn {
+    /// Label of the merge snapshot.
+    pub label: Option<String>,
+    /// Its annotations.
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `sync` (default) or `buffered`.
+    pub durability: Option<String>,
+    /// A workspace (id) to check out to the merge once made; it must have no
+    /// uncommitted changes.
+    pub into: Option<String>,
 }
 
 /// `POST /v1/workspaces/{id}/checkout`.

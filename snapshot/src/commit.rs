@@ -45,6 +45,8 @@ pub(crate) enum Landing {
     /// A new snapshot, child of `parent`.
     Snapshot {
         parent: Option<SnapshotId>,
+        /// For a merge: the snapshot merged into `parent`.
+        merged: Option<SnapshotId>,
         label: Option<String>,
         annotations: serde_json::Map<String, serde_json::Value>,
         /// When the request started, for the snapshot's latency metric.
@@ -95,6 +97,7 @@ pub(crate) fn land(
     let snapshot = match landing {
         Landing::Snapshot {
             parent,
+            merged,
             label,
             annotations,
             start,
@@ -104,6 +107,7 @@ pub(crate) fn land(
             let snap = Snapshot {
                 id: shared.alloc_snapshot_id(),
                 parent,
+                merged,
                 root: built.tree.fp,
                 tree: built.tree.node,
                 bytes: built.tree.bytes,

@@ -87,45 +87,73 @@ fn diff_dirs(
                 all(store, &format!("{prefix}{name}"), k, ChangeKind::Added, out)?;
             }
             Merged::Both(name, ka, kb) => {
-                let path = format!("{prefix}{name}");
-                match (ka, kb) {
-                    (
-                        EntryKind::Dir {
-                            node: ha, fp: fa, ..
-                        },
-                        EntryKind::Dir {
-                            node: hb, fp: fb, ..
-                        },
-                    ) => {
-                        if fa != fb {
-                            let da = DirNode::load(store, ha)?;
-                            let db = DirNode::load(store, hb)?;
-                            let mut attrs_a = da.attrs.clone();
-                            attrs_a.mtime = db.attrs.mtime;
-                            if attrs_a != db.attrs {
-                                out.push(Change {
-                                    path: path.clone(),
-                                    kind: ChangeKind::Modified,
-                                    size: 0,
-                                });
-                            }
-                            diff_dirs(store, &format!("{path}/"), &da, &db, out)?;
-                        }
-                    }
-                    (EntryKind::Dir { .. }, _) | (_, EntryKind::Dir { .. }) => {
-                        all(store, &path, ka, ChangeKind::Deleted, out)?;
-                        all(store, &path, kb, ChangeKind::Added, out)?;
-                    }
-                    _ => {
-                        if !same_ignoring_mtime(ka, kb) {
-                            out.push(Change {
-                                path,
-                                kind: ChangeKind::Modified,
-                                size: size_of(kb),
-                            });
-                        }
-                    }
+                both(store, &format!("{prefix}{name}"), ka, kb, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The changes at `path` from entry `a` to entry `b` (`None`: absent).
+pub(crate) fn entries(
+    store: &Store,
+    path: &str,
+    a: Option<&EntryKind>,
+    b: Option<&EntryKind>,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    match (a, b) {
+        (None, None) => Ok(()),
+        (Some(k), None) => all(store, path, k, ChangeKind::Deleted, out),
+        (None, Some(k)) => all(store, path, k, ChangeKind::Added, out),
+        (Some(ka), Some(kb)) => both(store, path, ka, kb, out),
+    }
+}
+
+/// The changes at `path`, present in both.
+fn both(
+    store: &Store,
+    path: &str,
+    ka: &EntryKind,
+    kb: &EntryKind,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    let path = path.to_string();
+    match (ka, kb) {
+        (
+            EntryKind::Dir {
+                node: ha, fp: fa, ..
+            },
+            EntryKind::Dir {
+                node: hb, fp: fb, ..
+            },
+        ) => {
+            if fa != fb {
+                let da = DirNode::load(store, ha)?;
+                let db = DirNode::load(store, hb)?;
+                let mut attrs_a = da.attrs.clone();
+                attrs_a.mtime = db.attrs.mtime;
+                if attrs_a != db.attrs {
+                    out.push(Change {
+                        path: path.clone(),
+                        kind: ChangeKind::Modified,
+                        size: 0,
+                    });
                 }
+                diff_dirs(store, &format!("{path}/"), &da, &db, out)?;
+            }
+        }
+        (EntryKind::Dir { .. }, _) | (_, EntryKind::Dir { .. }) => {
+            all(store, &path, ka, ChangeKind::Deleted, out)?;
+            all(store, &path, kb, ChangeKind::Added, out)?;
+        }
+        _ => {
+            if !same_ignoring_mtime(ka, kb) {
+                out.push(Change {
+                    path,
+                    kind: ChangeKind::Modified,
+                    size: size_of(kb),
+                });
             }
         }
     }

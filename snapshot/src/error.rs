@@ -64,6 +64,12 @@ pub enum Error {
         /// Who uses it.
         why: String,
     },
+    /// A merge found paths both sides changed in ways that do not merge.
+    #[error("merge conflict in {} path(s): {}", .0.len(), conflict_list(.0))]
+    Conflict(Vec<String>),
+    /// Two snapshots share no ancestor (two imports), so there is nothing to merge against.
+    #[error("snapshots {0} and {1} have no common ancestor")]
+    NoCommonAncestor(SnapshotId, SnapshotId),
     /// The workspace is read-only (EROFS).
     #[error("workspace is read-only")]
     ReadOnly,
@@ -116,6 +122,21 @@ pub enum Error {
     Db(String),
 }
 
+/// The first conflicting paths, for a message (the error holds all of them).
+fn conflict_list(paths: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = paths
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > SHOWN {
+        s.push_str(&format!(", and {} more", paths.len() - SHOWN));
+    }
+    s
+}
+
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
@@ -141,7 +162,10 @@ impl Error {
             | Error::NotASymlink(_) => libc::EINVAL,
             Error::NameTooLong(_) => libc::ENAMETOOLONG,
             Error::NoAttr => libc::ENODATA,
-            Error::Dirty(_) | Error::InUse { .. } => libc::EBUSY,
+            Error::Dirty(_)
+            | Error::InUse { .. }
+            | Error::Conflict(_)
+            | Error::NoCommonAncestor(..) => libc::EBUSY,
             Error::ReadOnly => libc::EROFS,
             Error::PathNotAllowed { .. } => libc::EPERM,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),

@@ -136,6 +136,7 @@ impl Repo {
         let _gc = self.shared.gc_lock.read();
         let landing = Landing::Snapshot {
             parent: None,
+            merged: None,
             label,
             annotations: Default::default(),
             start: Instant::now(),

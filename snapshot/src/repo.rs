@@ -509,6 +509,7 @@ impl Repo {
         };
         let landing = Landing::Snapshot {
             parent,
+            merged: None,
             label: req.label,
             annotations: req.annotations,
             start,

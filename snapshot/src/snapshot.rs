@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub id: SnapshotId,
     /// The snapshot it was taken on top of; `None` for an import.
     pub parent: Option<SnapshotId>,
+    /// For a merge: the snapshot merged into `parent` to make this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<SnapshotId>,
     /// State fingerprint: equal files give an equal root, whatever the path to them.
     pub root: Hash,
     /// Storage hash of the root directory node.
@@ -159,6 +162,7 @@ mod tests {
         Snapshot {
             id: SnapshotId(id),
             parent: parent.map(SnapshotId),
+            merged: None,
             root: Hash::of(root),
             tree: Hash::of(root),
             bytes: 0,

@@ -8,6 +8,7 @@ mod durability;
 mod hostile;
 mod lifecycle;
 mod mcts;
+mod merge;
 mod mount_helper;
 mod ops;
 mod overlay;

@@ -37,11 +37,14 @@ Json = Dict[str, Any]
 class HeliosError(Exception):
     """An error answer of the daemon: HTTP ``status``, the API's ``code`` and ``message``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 paths: Optional[List[str]] = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        #: For a merge conflict: every path that did not merge.
+        self.paths: List[str] = list(paths or [])
 
 
 class BadRequest(HeliosError):
@@ -60,6 +63,14 @@ class Dirty(Conflict):
     """409 ``dirty``: a checkout of a workspace with uncommitted changes."""
 
 
+class MergeConflict(Conflict):
+    """409 ``conflict`` of a merge: ``paths`` lists what both sides changed differently."""
+
+
+class NoCommonAncestor(Conflict):
+    """409 ``no_common_ancestor``: a merge of snapshots that share no ancestor."""
+
+
 class InUse(Conflict):
     """409 ``in_use``: deleting a snapshot a workspace or a child stands on."""
 
@@ -69,14 +80,17 @@ class NoSpace(HeliosError):
 
 
 _BY_CODE = {"dirty": Dirty, "in_use": InUse, "no_space": NoSpace, "not_found": NotFound,
-            "bad_request": BadRequest}
+            "bad_request": BadRequest, "no_common_ancestor": NoCommonAncestor}
 
 
-def _error(status: int, code: str, message: str) -> HeliosError:
+def _error(status: int, code: str, message: str,
+           paths: Optional[List[str]] = None) -> HeliosError:
     cls = _BY_CODE.get(code)
+    if cls is None and code == "conflict" and paths:
+        cls = MergeConflict
     if cls is None:
         cls = {400: BadRequest, 404: NotFound, 409: Conflict, 507: NoSpace}.get(status, HeliosError)
-    return cls(status, code, message)
+    return cls(status, code, message, paths)
 
 
 def default_socket() -> str:
@@ -146,7 +160,8 @@ class Client:
         if resp.status >= 400:
             try:
                 err = json.loads(data)["error"]
-                raise _error(resp.status, err.get("code", ""), err.get("message", ""))
+                raise _error(resp.status, err.get("code", ""), err.get("message", ""),
+                             err.get("paths"))
             except (ValueError, KeyError, TypeError):
                 raise HeliosError(resp.status, "", data.decode(errors="replace")) from None
         if resp.status == 204 or not data:
@@ -210,6 +225,21 @@ class Client:
 
     def diff(self, a: str, b: str) -> List[Json]:
         return self.request("GET", f"/v1/snapshots/{a}/diff/{b}")["changes"]
+
+    def merge(self, a: str, b: str, into: Optional[str] = None, label: Optional[str] = None,
+              annotations: Optional[Mapping[str, Any]] = None,
+              durability: Optional[str] = None) -> Json:
+        """Merges snapshot ``b`` into ``a`` (three-way, against their common ancestor): a
+        new snapshot, child of ``a``. ``into``: a workspace id (with no uncommitted
+        changes) to check out to the merge. Raises ``MergeConflict`` (with ``paths``),
+        ``NoCommonAncestor``, ``Dirty`` or ``NotFound``; nothing is written then."""
+        body: Json = {}
+        for key, value in (("into", into), ("label", label), ("durability", durability)):
+            if value is not None:
+                body[key] = value
+        if annotations is not None:
+            body["annotations"] = dict(annotations)
+        return self.request("POST", f"/v1/snapshots/{a}/merge/{b}", body)
 
     def export(self, snapshot: str, path: str) -> str:
         return self.request("POST", f"/v1/snapshots/{snapshot}/export",

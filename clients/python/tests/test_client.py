@@ -13,7 +13,8 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
-from helios_client import BadRequest, Client, Dirty, HeliosError, InUse, NotFound  # noqa: E402
+from helios_client import (  # noqa: E402
+    BadRequest, Client, Dirty, HeliosError, InUse, MergeConflict, NoCommonAncestor, NotFound)
 
 import mcts  # noqa: E402
 
@@ -111,6 +112,34 @@ class DaemonTest(unittest.TestCase):
             h.delete_snapshot(s1["id"])
         with self.assertRaises(BadRequest):
             h.snapshot(ws["id"], durability="eventually")
+
+    def test_merge_of_two_branches_and_its_conflict(self) -> None:
+        h = self.h
+        src = self.path("msrc")
+        with open(os.path.join(src, "f"), "w") as f:
+            f.write("1\n2\n3\n4\n5\n")
+        s0 = h.import_snapshot(src)
+        mp = self.path("mws")
+        ws = h.create_workspace(mp, from_snapshot=s0["id"])
+        branches = []
+        for old, new in (("1", "one"), ("5", "five"), ("1", "uno")):
+            h.checkout(ws["id"], s0["id"], discard=True)
+            with open(os.path.join(mp, "f"), "w") as f:
+                f.write("1\n2\n3\n4\n5\n".replace(old, new))
+            branches.append(h.snapshot(ws["id"])["id"])
+        m = h.merge(branches[0], branches[1], into=ws["id"], label="m")
+        self.assertEqual((m["parent"], m["merged"]), (branches[0], branches[1]))
+        with open(os.path.join(mp, "f")) as f:
+            self.assertEqual(f.read(), "one\n2\n3\n4\nfive\n")
+        with self.assertRaises(MergeConflict) as e:
+            h.merge(branches[0], branches[2])
+        self.assertEqual(e.exception.paths, ["f"])
+        with self.assertRaises(NoCommonAncestor):
+            h.merge(branches[0], h.import_snapshot(self.path("other"))["id"])
+        with open(os.path.join(mp, "dirty"), "w") as f:
+            f.write("x")
+        with self.assertRaises(Dirty):
+            h.merge(branches[0], branches[1], into=ws["id"])
 
     def test_the_mcts_example_searches_checks_out_the_best_and_prunes(self) -> None:
         h = self.h

@@ -102,6 +102,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                     },
                     code,
                     message,
+                    paths: Vec::new(),
                 })
             }
         }
@@ -178,6 +179,7 @@ async fn guard(
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: format!("uid {:?} may not use this daemon", peer.uid),
+            paths: Vec::new(),
         }
         .into_response();
     }
@@ -199,6 +201,7 @@ async fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         code: "not_found",
         message: "no such endpoint".into(),
+        paths: Vec::new(),
     }
 }
 
@@ -227,6 +230,7 @@ pub fn router(app: AppState) -> Router {
                 .delete(snapshots::delete),
         )
         .route("/v1/snapshots/{a}/diff/{b}", get(snapshots::diff))
+        .route("/v1/snapshots/{a}/merge/{b}", post(snapshots::merge))
         .route("/v1/snapshots/{id}/export", post(snapshots::export))
         .route("/v1/snapshots/{id}/warm", post(snapshots::warm))
         .route(

@@ -1,4 +1,4 @@
-//! `/v1/snapshots`: import, list, get, annotate, delete, diff, export, warm.
+//! `/v1/snapshots`: import, list, get, annotate, delete, diff, merge, export, warm.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, blocking, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
-    ChangeOut, DiffOut, ExportIn, ImportIn, PatchIn, RemovedOut, SnapshotOut, WarmOut,
+    ChangeOut, DiffOut, ExportIn, ImportIn, MergeIn, PatchIn, RemovedOut, SnapshotOut, WarmOut,
 };
 
 fn absolute(path: &str, what: &str) -> ApiResult<PathBuf> {
@@ -140,6 +140,35 @@ pub async fn delete(
     Ok(Json(RemovedOut {
         removed: removed.iter().map(|i| i.to_string()).collect(),
     }))
+}
+
+/// `POST /v1/snapshots/{a}/merge/{b}`: `b` merged into `a`, as a new child of `a`
+/// (201), or 409 `conflict` naming the paths, `no_common_ancestor`, or `dirty` for an
+/// `into` workspace with uncommitted changes.
+pub async fn merge(
+    State(app): State<AppState>,
+    ApiPath((a, b)): ApiPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<SnapshotOut>)> {
+    let (a, b): (SnapshotId, SnapshotId) = (parse_id(&a)?, parse_id(&b)?);
+    // The body is optional, as for a workspace's snapshot.
+    let body: MergeIn = if body.iter().all(u8::is_ascii_whitespace) {
+        MergeIn::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
+    };
+    let durability = super::durability(body.durability.as_deref())?;
+    let into: Option<helios_snapshot::WorkspaceId> =
+        body.into.as_deref().map(parse_id).transpose()?;
+    let req = helios_snapshot::SnapshotRequest {
+        label: body.label,
+        annotations: body.annotations.unwrap_or_default(),
+        durability,
+    };
+    let d = app.daemon.clone();
+    let s = blocking(move || d.merge(a, b, req, into)).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotOut::from(&s))))
 }
 
 /// `GET /v1/snapshots/{a}/diff/{b}`.

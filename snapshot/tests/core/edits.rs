@@ -13,17 +13,17 @@ use proptest::prelude::*;
 use super::{contents, mem_repo};
 
 #[derive(Clone, Debug, PartialEq)]
-enum N {
+pub(super) enum N {
     Dir(u32),
     File(u32, Vec<u8>),
     Link(Vec<u8>),
 }
 
-type T = BTreeMap<String, N>;
+pub(super) type T = BTreeMap<String, N>;
 
-const PATHS: &[&str] = &["a", "a/a", "a/a/a", "a/b", "b", "b/a", "b/c", "c"];
+pub(super) const PATHS: &[&str] = &["a", "a/a", "a/a/a", "a/b", "b", "b/a", "b/c", "c"];
 
-fn parent(p: &str) -> Option<&str> {
+pub(super) fn parent(p: &str) -> Option<&str> {
     p.rfind('/').map(|i| &p[..i])
 }
 
@@ -62,7 +62,7 @@ fn ids() -> (u32, u32) {
     )
 }
 
-fn attrs(mode: u32) -> Attrs {
+pub(super) fn attrs(mode: u32) -> Attrs {
     let (uid, gid) = ids();
     Attrs {
         mode,
@@ -74,7 +74,7 @@ fn attrs(mode: u32) -> Attrs {
 }
 
 /// Writes `t` into the empty directory `dir`.
-fn materialize(dir: &Path, t: &T) {
+pub(super) fn materialize(dir: &Path, t: &T) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     for (p, n) in t {
         let path = dir.join(p);
@@ -102,7 +102,7 @@ fn materialize(dir: &Path, t: &T) {
     }
 }
 
-fn children<'a>(t: &'a T, dir: &str) -> Vec<&'a str> {
+pub(super) fn children<'a>(t: &'a T, dir: &str) -> Vec<&'a str> {
     t.keys()
         .map(String::as_str)
         .filter(|p| parent(p).unwrap_or("") == dir && !p.is_empty())
@@ -110,7 +110,7 @@ fn children<'a>(t: &'a T, dir: &str) -> Vec<&'a str> {
 }
 
 /// The edits an overlay upperdir would hold for `t0 -> t1`.
-fn edits_of(t0: &T, t1: &T, dir: &str, opaque: bool, data: &Path, e: &mut Edits) {
+pub(super) fn edits_of(t0: &T, t1: &T, dir: &str, opaque: bool, data: &Path, e: &mut Edits) {
     let mut names: Vec<&str> = children(t0, dir);
     names.extend(children(t1, dir));
     names.sort();

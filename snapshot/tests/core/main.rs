@@ -4,6 +4,7 @@
 mod crash;
 mod durability;
 mod edits;
+mod merge;
 mod model;
 mod repo;
 mod workspace;
