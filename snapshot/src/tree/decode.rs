@@ -41,27 +41,8 @@ pub fn dir_objects(store: &Store, node: &Hash) -> Result<Vec<Hash>> {
     Ok(out)
 }
 
-/// One page as a page index names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct PageRef {
-    /// Storage hash.
-    pub hash: Hash,
-    /// Fingerprint.
-    pub fp: Hash,
-    /// File bytes of its entries.
-    pub bytes: u64,
-    /// Entries.
-    pub count: u32,
-}
-
 /// Parses a page index: attrs and (hash, count) of each page.
 pub(super) fn parse_index(hash: &Hash, bytes: &[u8]) -> Result<(Attrs, Vec<(Hash, u32)>)> {
-    let (attrs, pages) = parse_index_full(hash, bytes)?;
-    Ok((attrs, pages.iter().map(|p| (p.hash, p.count)).collect()))
-}
-
-/// Parses a page index: attrs and every page's references.
-pub(super) fn parse_index_full(hash: &Hash, bytes: &[u8]) -> Result<(Attrs, Vec<PageRef>)> {
     let mut r = Reader {
         buf: bytes,
         pos: 0,
@@ -74,12 +55,10 @@ pub(super) fn parse_index_full(hash: &Hash, bytes: &[u8]) -> Result<(Attrs, Vec<
     let n = r.u32()? as usize;
     let mut pages = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
-        pages.push(PageRef {
-            hash: r.hash()?,
-            fp: r.hash()?,
-            bytes: r.u64()?,
-            count: r.u32()?,
-        });
+        let h = r.hash()?;
+        r.take(32 + 8)?;
+        let count = r.u32()?;
+        pages.push((h, count));
     }
     if r.pos != bytes.len() {
         return Err(r.corrupt("trailing bytes"));

@@ -22,10 +22,10 @@ mod encode;
 
 pub use content::{chunks_of, hash_file, parse_chunk_list, store_file, write_content};
 pub(crate) use decode::decode_plain;
-use decode::{PageRef, Reader, decode_entries, parse_index, parse_index_full};
+use decode::{Reader, decode_entries, parse_index};
 pub use decode::{count_changes, dir_objects};
+pub use encode::encode_dir;
 pub(crate) use encode::encode_plain;
-pub use encode::{encode_dir, encode_dir_over};
 
 /// Magic prefix of a stored directory node.
 const DIR_MAGIC: &[u8; 4] = b"HDN1";
@@ -656,92 +656,5 @@ mod tests {
         let mut out = Vec::new();
         write_content(&store, &c2, &mut out).expect("read back");
         assert_eq!(out, data);
-    }
-
-    /// One random change to a directory's entries: remove, retouch (mtime only), change
-    /// content, add, or turn a file into a directory.
-    fn edit(d: &mut DirNode, what: u8, at: usize, mtime: Nanos) {
-        let n = d.entries.len();
-        if n == 0 {
-            return;
-        }
-        let i = at % n;
-        match what % 5 {
-            0 => {
-                d.entries.remove(i);
-            }
-            1 => {
-                if let EntryKind::File { attrs, .. } = &mut d.entries[i].1 {
-                    attrs.mtime = mtime;
-                }
-            }
-            2 => {
-                if let EntryKind::File { content, .. } = &mut d.entries[i].1 {
-                    content.size += 1;
-                }
-            }
-            3 => {
-                let name = Name::new(format!("{}-new", d.entries[i].0).as_bytes()).expect("name");
-                if d.get(&name).is_none() {
-                    let kind = d.entries[i].1.clone();
-                    d.entries.insert(i + 1, (name, kind));
-                }
-            }
-            _ => {
-                d.entries[i].1 = EntryKind::Dir {
-                    node: Hash::of(b"n"),
-                    fp: Hash::of(b"f"),
-                    bytes: 0,
-                };
-            }
-        }
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
-        /// Reusing the pages of the last encoding gives exactly `encode_dir`'s objects
-        /// and `count_changes`' count, and encodes only pages that are new.
-        #[test]
-        fn encoding_over_a_base_is_encoding_from_scratch(
-            n in 0usize..700,
-            edits in proptest::collection::vec((0u8..5, 0usize..1000), 0..12),
-        ) {
-            let store = Store::open(Arc::new(MemBackend::new()), 64 << 20).expect("open");
-            let a = big(n, 1);
-            let mut w = store.writer();
-            let ta = a.store(&mut w).expect("store");
-            w.commit(Batch::new()).expect("commit");
-            let mut b = a.clone();
-            for (what, at) in &edits {
-                edit(&mut b, *what, *at, 7);
-            }
-            let refs: Vec<(&Name, EntryRef<'_>)> =
-                b.entries.iter().map(|(n, k)| (n, k.as_ref())).collect();
-            let full = encode_dir(&b.attrs, &refs);
-            let (over, changed) =
-                encode_dir_over(&store, &ta.node, &a, &b.attrs, &refs).expect("encode");
-            proptest::prop_assert_eq!(over.tref, full.tref);
-            proptest::prop_assert_eq!(&over.root, &full.root);
-            proptest::prop_assert_eq!(
-                changed,
-                count_changes(&store, &ta.node, &full).expect("count")
-            );
-            let old: std::collections::HashSet<Hash> =
-                dir_objects(&store, &ta.node).expect("objects").into_iter().collect();
-            for (h, bytes) in &full.pages {
-                let reencoded = over.pages.iter().any(|(o, _)| o == h);
-                proptest::prop_assert!(
-                    !(reencoded && old.contains(h)),
-                    "page {h} is stored already but was encoded again"
-                );
-                if !old.contains(h) {
-                    proptest::prop_assert!(reencoded, "new page {h} missing");
-                    proptest::prop_assert_eq!(
-                        &over.pages.iter().find(|(o, _)| o == h).expect("page").1,
-                        bytes
-                    );
-                }
-            }
-        }
     }
 }

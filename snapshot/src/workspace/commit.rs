@@ -286,20 +286,12 @@ impl State {
             for (name, child) in entries {
                 refs.push((name, self.entry_ref(*child)?));
             }
-            match base {
-                Some(h) => {
-                    // The pages the last commit wrote are reused where unchanged.
-                    let old = ws.shared.node(&h)?;
-                    let (enc, n) =
-                        tree::encode_dir_over(&ws.shared.store, &h, &old, &i.attrs, &refs)?;
-                    *changed += n;
-                    enc
-                }
-                None => {
-                    *changed += refs.len() as u64;
-                    tree::encode_dir(&i.attrs, &refs)
-                }
-            }
+            let enc = tree::encode_dir(&i.attrs, &refs);
+            *changed += match base {
+                Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
+                None => refs.len() as u64,
+            };
+            enc
         };
         let tref = enc.store(w)?;
         if let Node::Dir {
