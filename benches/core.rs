@@ -189,6 +189,16 @@ fn snapshot_benches(c: &mut Criterion) {
     g.bench_function("diff_siblings_10_changes_each", |b| {
         b.iter(|| black_box(fx.repo.diff(s1.id, s2.id).expect("diff")))
     });
+    // A new snapshot each time (the same tree: its objects deduplicate), synced.
+    g.bench_function("merge_siblings_10_changes_each", |b| {
+        b.iter(|| {
+            black_box(
+                fx.repo
+                    .merge(s1.id, s2.id, Default::default())
+                    .expect("merge"),
+            )
+        })
+    });
     g.finish();
 }
 

@@ -253,15 +253,15 @@ impl State {
     }
 
     /// Every (directory, name) and inode the kernel may have cached: what an engine must
-    /// invalidate when the tree under it becomes `new` (a checkout). O(loaded
-    /// directories). A directory that is a directory at the same path in `new` keeps its
+    /// invalidate when the tree under it becomes `new` (a checkout). O(entries of the
+    /// directories the kernel holds). A directory that is a directory at the same path in `new` keeps its
     /// inode (reused by path when its parent loads again), so its entry stays valid and
     /// is not listed (its inode is): invalidating a dentry detaches every mount on it,
     /// and a container whose root filesystem is the workspace has /proc, /dev and /sys
     /// mounted on its directories.
     pub(super) fn known_entries(&self, shared: &Shared, new: &Hash) -> Invalidation {
         let mut inv = Invalidation::default();
-        let load = |h: &Hash| crate::tree::DirNode::load(&shared.store, h).ok();
+        let load = |h: &Hash| shared.node(h).ok();
         let mut stack = vec![(Ino::ROOT, load(new))];
         inv.inodes.push(Ino::ROOT);
         while let Some((dir, new_dir)) = stack.pop() {
@@ -276,12 +276,16 @@ impl State {
                     (Node::Dir { .. }, Some(EntryKind::Dir { node, .. })) => Some(node),
                     _ => None,
                 };
-                if i.nlookup.load(Relaxed) > 0 {
-                    if new_child.is_none() {
-                        inv.entries.push((dir, name.clone()));
-                    }
-                    inv.inodes.push(child);
+                // An inode the kernel holds no lookup of has no dentry, so none below
+                // it either (a dentry pins its parent's): the walk stops there, and
+                // costs what the kernel caches, not what the workspace once loaded.
+                if i.nlookup.load(Relaxed) == 0 {
+                    continue;
                 }
+                if new_child.is_none() {
+                    inv.entries.push((dir, name.clone()));
+                }
+                inv.inodes.push(child);
                 if kernel_known(&i.node).is_some() {
                     stack.push((child, new_child.and_then(load)));
                 }
