@@ -58,6 +58,26 @@ pub(crate) enum Landing {
     Tree,
 }
 
+impl Landing {
+    /// A new snapshot, child of `parent` (merging `merged` into it, for a merge), with
+    /// the label, annotations and durability of `req`; `start` is when the request began.
+    pub(crate) fn snapshot(
+        parent: Option<SnapshotId>,
+        merged: Option<SnapshotId>,
+        req: crate::SnapshotRequest,
+        start: Instant,
+    ) -> Landing {
+        Landing::Snapshot {
+            parent,
+            merged,
+            label: req.label,
+            annotations: req.annotations,
+            start,
+            durability: req.durability,
+        }
+    }
+}
+
 /// What landed.
 #[derive(Clone, Debug)]
 pub(crate) struct Landed {

@@ -80,14 +80,7 @@ impl Repo {
             ours: tref(&sa),
             theirs: tref(&sb),
         };
-        let landing = Landing::Snapshot {
-            parent: Some(a),
-            merged: Some(b),
-            label: req.label,
-            annotations: req.annotations,
-            start,
-            durability: req.durability,
-        };
+        let landing = Landing::snapshot(Some(a), Some(b), req, start);
         let w = self.shared.store.writer();
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }

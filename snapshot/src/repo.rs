@@ -507,14 +507,7 @@ impl Repo {
             edits,
             moves,
         };
-        let landing = Landing::Snapshot {
-            parent,
-            merged: None,
-            label: req.label,
-            annotations: req.annotations,
-            start,
-            durability: req.durability,
-        };
+        let landing = Landing::snapshot(parent, None, req, start);
         let w = self.shared.store.writer();
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }

@@ -93,14 +93,7 @@ impl Workspace {
             st: &mut st,
             cleaned: Vec::new(),
         };
-        let landing = Landing::Snapshot {
-            parent,
-            merged: None,
-            label: req.label,
-            annotations: req.annotations,
-            start,
-            durability: req.durability,
-        };
+        let landing = Landing::snapshot(parent, None, req, start);
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }
 
