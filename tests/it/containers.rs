@@ -270,8 +270,33 @@ impl Drop for Podman {
             .cmd()
             .args(["rm", "-f", "-t", "0", &self.name])
             .output();
+        // conmon starts `podman container cleanup` on its own when the container exits,
+        // which may mount the storage again after the unmount below: wait for every
+        // podman process of this root to end first (a leaked overlay mount was seen).
+        let root = self.dir.join("root");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while podman_of(&root) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         unmount_under(&self.dir);
     }
+}
+
+/// True while a process runs with `root` on its command line (podman of that root).
+fn podman_of(root: &Path) -> bool {
+    let needle = root.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmd| cmd.windows(needle.len()).any(|w| w == needle))
 }
 
 #[test]
