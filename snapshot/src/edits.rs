@@ -235,8 +235,8 @@ fn apply_dir(
                     &child_path,
                     changed,
                 )?;
-                let old = entries.insert(name.clone(), dir_entry(t));
-                if !same && old != Some(dir_entry(t)) {
+                let old = entries.insert(name.clone(), t.entry());
+                if !same && old != Some(t.entry()) {
                     *changed += 1;
                 }
             }
@@ -254,7 +254,7 @@ fn apply_dir(
                     &child_path,
                     changed,
                 )?;
-                if entries.insert(name.clone(), dir_entry(t)) != Some(dir_entry(t)) {
+                if entries.insert(name.clone(), t.entry()) != Some(t.entry()) {
                     *changed += 1;
                 }
             }
@@ -278,7 +278,7 @@ fn apply_dir(
                     &child_path,
                     changed,
                 )?;
-                entries.insert(name.clone(), dir_entry(t));
+                entries.insert(name.clone(), t.entry());
             }
         }
     }
@@ -319,13 +319,5 @@ fn dir_at(shared: &Shared, root: Hash, path: &str) -> Result<Hash> {
         Some(EntryKind::Dir { node, .. }) => Ok(node),
         Some(_) => Err(Error::NotADirectory(path.to_string())),
         None => Err(Error::NoEntry(path.to_string())),
-    }
-}
-
-fn dir_entry(t: TreeRef) -> EntryKind {
-    EntryKind::Dir {
-        node: t.node,
-        fp: t.fp,
-        bytes: t.bytes,
     }
 }

@@ -328,12 +328,7 @@ fn import_dir(
         let m = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
         let ft = m.file_type();
         let kind = if ft.is_dir() {
-            let t = import_dir(w, &p, &m, paths)?;
-            EntryKind::Dir {
-                node: t.node,
-                fp: t.fp,
-                bytes: t.bytes,
-            }
+            import_dir(w, &p, &m, paths)?.entry()
         } else if ft.is_file() {
             let f = fs::File::open(&p).map_err(io_err("open", &p))?;
             let content = tree::store_file(w, std::io::BufReader::with_capacity(256 << 10, f))?;

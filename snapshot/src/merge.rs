@@ -76,21 +76,13 @@ impl Repo {
         let so = self.snapshot(base)?;
         let mut source = MergeSource {
             shared: &self.shared,
-            base: tref(&so),
-            ours: tref(&sa),
-            theirs: tref(&sb),
+            base: so.tree_ref(),
+            ours: sa.tree_ref(),
+            theirs: sb.tree_ref(),
         };
         let landing = Landing::snapshot(Some(a), Some(b), req, start);
         let w = self.shared.store.writer();
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
-    }
-}
-
-fn tref(s: &Snapshot) -> TreeRef {
-    TreeRef {
-        node: s.tree,
-        fp: s.root,
-        bytes: s.bytes,
     }
 }
 
@@ -110,7 +102,7 @@ impl ChangeSource for MergeSource<'_> {
             conflicts: Vec::new(),
             changed: 0,
         };
-        let (o, a, b) = (dir(self.base), dir(self.ours), dir(self.theirs));
+        let (o, a, b) = (self.base.entry(), self.ours.entry(), self.theirs.entry());
         let merged = m.entry("", Some(&o), Some(&a), Some(&b))?;
         if !m.conflicts.is_empty() {
             return Err(Error::Conflict(m.conflicts));
@@ -128,14 +120,6 @@ impl ChangeSource for MergeSource<'_> {
             tree,
             changed_paths: m.changed,
         })
-    }
-}
-
-fn dir(t: TreeRef) -> EntryKind {
-    EntryKind::Dir {
-        node: t.node,
-        fp: t.fp,
-        bytes: t.bytes,
     }
 }
 
@@ -291,7 +275,7 @@ impl Merger<'_, '_, '_> {
         let refs: Vec<(&Name, EntryRef<'_>)> =
             entries.iter().map(|(n, k)| (n, k.as_ref())).collect();
         let t = tree::encode_dir(&attrs, &refs).store(self.w)?;
-        Ok(Some(dir(t)))
+        Ok(Some(t.entry()))
     }
 
     /// Two regular files changed differently: attributes merged three-way, contents

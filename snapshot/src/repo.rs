@@ -682,14 +682,7 @@ impl Repo {
     /// The tree of snapshot `id`, or the empty tree for `None`.
     fn tree_of(&self, id: Option<SnapshotId>) -> Result<TreeRef> {
         match id {
-            Some(id) => {
-                let s = self.snapshot(id)?;
-                Ok(TreeRef {
-                    node: s.tree,
-                    fp: s.root,
-                    bytes: s.bytes,
-                })
-            }
+            Some(id) => Ok(self.snapshot(id)?.tree_ref()),
             None => self.empty_tree(),
         }
     }

@@ -50,6 +50,17 @@ pub struct Snapshot {
     pub metrics: Metrics,
 }
 
+impl Snapshot {
+    /// Its tree: root node, fingerprint and file bytes.
+    pub fn tree_ref(&self) -> crate::tree::TreeRef {
+        crate::tree::TreeRef {
+            node: self.tree,
+            fp: self.root,
+            bytes: self.bytes,
+        }
+    }
+}
+
 pub(crate) fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![RECORD_JSON];
     // Serializing plain structs of strings and numbers cannot fail.

@@ -370,6 +370,17 @@ pub struct TreeRef {
     pub bytes: u64,
 }
 
+impl TreeRef {
+    /// This directory as an entry of its parent.
+    pub fn entry(self) -> EntryKind {
+        EntryKind::Dir {
+            node: self.node,
+            fp: self.fp,
+            bytes: self.bytes,
+        }
+    }
+}
+
 impl DirNode {
     /// Finds an entry by name.
     pub fn get(&self, name: &Name) -> Option<&EntryKind> {

@@ -163,11 +163,7 @@ impl Workspace {
         let invalidation = st.known_entries(&self.shared, &snap.tree);
         st.generation += 1;
         let generation = st.generation;
-        let tref = TreeRef {
-            node: snap.tree,
-            fp: snap.root,
-            bytes: snap.bytes,
-        };
+        let tref = snap.tree_ref();
         let root = st.inode_mut(Ino::ROOT)?;
         root.generation = generation;
         if let Node::Dir { state, prev } = &mut root.node {

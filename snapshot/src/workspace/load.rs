@@ -254,11 +254,11 @@ impl State {
 
     /// Every (directory, name) and inode the kernel may have cached: what an engine must
     /// invalidate when the tree under it becomes `new` (a checkout). O(entries of the
-    /// directories the kernel holds). A directory that is a directory at the same path in `new` keeps its
-    /// inode (reused by path when its parent loads again), so its entry stays valid and
-    /// is not listed (its inode is): invalidating a dentry detaches every mount on it,
-    /// and a container whose root filesystem is the workspace has /proc, /dev and /sys
-    /// mounted on its directories.
+    /// directories the kernel holds). A directory that is a directory at the same path
+    /// in `new` keeps its inode (reused by path when its parent loads again), so its
+    /// entry stays valid and is not listed (its inode is): invalidating a dentry detaches
+    /// every mount on it, and a container whose root filesystem is the workspace has
+    /// /proc, /dev and /sys mounted on its directories.
     pub(super) fn known_entries(&self, shared: &Shared, new: &Hash) -> Invalidation {
         let mut inv = Invalidation::default();
         let load = |h: &Hash| shared.node(h).ok();
