@@ -36,13 +36,26 @@ pub fn dir_objects(store: &Store, node: &Hash) -> Result<Vec<Hash>> {
     let bytes = store.get(node)?;
     let mut out = vec![*node];
     if bytes.starts_with(INDEX_MAGIC) {
-        out.extend(parse_index(node, &bytes)?.1.iter().map(|p| p.0));
+        out.extend(parse_index(node, &bytes)?.1.iter().map(|p| p.hash));
     }
     Ok(out)
 }
 
-/// Parses a page index: attrs and (hash, count) of each page.
-pub(super) fn parse_index(hash: &Hash, bytes: &[u8]) -> Result<(Attrs, Vec<(Hash, u32)>)> {
+/// One page as a page index names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRef {
+    /// Storage hash.
+    pub hash: Hash,
+    /// Fingerprint.
+    pub fp: Hash,
+    /// File bytes of its entries.
+    pub bytes: u64,
+    /// Entries.
+    pub count: u32,
+}
+
+/// Parses a page index: attrs and the reference of each page.
+pub(super) fn parse_index(hash: &Hash, bytes: &[u8]) -> Result<(Attrs, Vec<PageRef>)> {
     let mut r = Reader {
         buf: bytes,
         pos: 0,
@@ -55,15 +68,26 @@ pub(super) fn parse_index(hash: &Hash, bytes: &[u8]) -> Result<(Attrs, Vec<(Hash
     let n = r.u32()? as usize;
     let mut pages = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
-        let h = r.hash()?;
-        r.take(32 + 8)?;
-        let count = r.u32()?;
-        pages.push((h, count));
+        pages.push(PageRef {
+            hash: r.hash()?,
+            fp: r.hash()?,
+            bytes: r.u64()?,
+            count: r.u32()?,
+        });
     }
     if r.pos != bytes.len() {
         return Err(r.corrupt("trailing bytes"));
     }
     Ok((attrs, pages))
+}
+
+/// The pages of the stored directory `node`, when it is paged (`None` for one node).
+pub fn base_pages(store: &Store, node: &Hash) -> Result<Option<Vec<PageRef>>> {
+    let bytes = store.get(node)?;
+    if !bytes.starts_with(INDEX_MAGIC) {
+        return Ok(None);
+    }
+    Ok(Some(parse_index(node, &bytes)?.1))
 }
 
 /// Decodes `count` entries (count first), appending to `entries` in strict name order.
@@ -284,29 +308,59 @@ pub(super) fn raw_entries<'a>(hash: &Hash, bytes: &'a [u8]) -> Result<Vec<RawEnt
 /// counted here). Pages equal on both sides are skipped unread.
 pub fn count_changes(store: &Store, old: &Hash, new: &Encoded) -> Result<u64> {
     let old_root = store.get(old)?;
-    let mut old_parts: Vec<(Hash, std::sync::Arc<[u8]>)> = Vec::new();
-    if old_root.starts_with(INDEX_MAGIC) {
-        for (h, _) in parse_index(old, &old_root)?.1 {
-            old_parts.push((h, store.get(&h)?));
-        }
+    let old_hashes: Vec<Hash> = if old_root.starts_with(INDEX_MAGIC) {
+        parse_index(old, &old_root)?
+            .1
+            .iter()
+            .map(|p| p.hash)
+            .collect()
     } else {
-        old_parts.push((*old, old_root.clone()));
-    }
+        vec![*old]
+    };
     let new_parts: Vec<(Hash, &[u8])> = if new.pages.is_empty() {
         vec![(new.tref.node, &new.root)]
     } else {
         new.pages.iter().map(|(h, b)| (*h, b.as_slice())).collect()
     };
-    let old_set: std::collections::HashSet<Hash> = old_parts.iter().map(|p| p.0).collect();
+    let old_set: std::collections::HashSet<Hash> = old_hashes.iter().copied().collect();
     let new_set: std::collections::HashSet<Hash> = new_parts.iter().map(|p| p.0).collect();
+    let mut old_parts = Vec::new();
+    for h in old_hashes.iter().filter(|h| !new_set.contains(h)) {
+        old_parts.push((
+            *h,
+            if *h == *old {
+                old_root.clone()
+            } else {
+                store.get(h)?
+            },
+        ));
+    }
     let mut a = Vec::new();
-    for (h, bytes) in old_parts.iter().filter(|p| !new_set.contains(&p.0)) {
+    for (h, bytes) in &old_parts {
         a.extend(raw_entries(h, bytes)?);
     }
     let mut b = Vec::new();
     for (h, bytes) in new_parts.iter().filter(|p| !old_set.contains(&p.0)) {
         b.extend(raw_entries(h, bytes)?);
     }
+    Ok(count_between(&a, &b))
+}
+
+/// Paths changed between the stored page `old` and a new page (`hash`, `bytes`) that
+/// replaces it, as `count_changes` counts them.
+pub fn count_page_changes(store: &Store, old: &Hash, hash: &Hash, bytes: &[u8]) -> Result<u64> {
+    if old == hash {
+        return Ok(0);
+    }
+    let old_bytes = store.get(old)?;
+    Ok(count_between(
+        &raw_entries(old, &old_bytes)?,
+        &raw_entries(hash, bytes)?,
+    ))
+}
+
+/// Entries added, removed or changed between two name-ordered raw entry lists.
+fn count_between(a: &[RawEntry<'_>], b: &[RawEntry<'_>]) -> u64 {
     let (mut i, mut j, mut n) = (0, 0, 0u64);
     while i < a.len() || j < b.len() {
         match (a.get(i), b.get(j)) {
@@ -331,5 +385,5 @@ pub fn count_changes(store: &Store, old: &Hash, new: &Encoded) -> Result<u64> {
             }
         }
     }
-    Ok(n)
+    n
 }

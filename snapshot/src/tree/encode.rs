@@ -33,29 +33,31 @@ pub(super) fn page_ranges(entries: &[(&Name, EntryRef<'_>)]) -> Vec<std::ops::Ra
     out
 }
 
-/// Appends the storage and fingerprint encodings of entries; returns their file bytes.
+/// Appends the storage encoding of entries to `out` and their fingerprint preimage to
+/// `fp` (hashed once, whole, by the caller: one pass over a buffer is several times
+/// faster than many small updates); returns their file bytes.
 pub(super) fn encode_entries(
     out: &mut Vec<u8>,
-    fp: &mut blake3::Hasher,
+    scratch: &mut Vec<u8>,
     entries: &[(&Name, EntryRef<'_>)],
 ) -> u64 {
-    let mut scratch = Vec::with_capacity(128);
     let mut bytes = 0u64;
     for (name, kind) in entries {
         bytes = bytes.saturating_add(kind.bytes());
-        scratch.clear();
-        scratch.push(name.as_bytes().len() as u8);
-        scratch.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&scratch);
-        fp.update(&scratch);
-        scratch.clear();
+        let n = name.as_bytes();
+        out.reserve(n.len() + 96);
+        scratch.reserve(n.len() + 64);
+        out.push(n.len() as u8);
+        out.extend_from_slice(n);
+        scratch.push(n.len() as u8);
+        scratch.extend_from_slice(n);
         match kind {
             EntryRef::File { attrs, content } => {
                 out.push(KIND_FILE);
                 scratch.push(KIND_FILE);
                 put_attrs(out, attrs, true);
-                put_attrs(&mut scratch, attrs, false);
-                for buf in [&mut *out, &mut scratch] {
+                put_attrs(scratch, attrs, false);
+                for buf in [&mut *out, &mut *scratch] {
                     buf.extend_from_slice(&content.size.to_be_bytes());
                     buf.extend_from_slice(content.hash.as_bytes());
                     buf.push(content.chunked as u8);
@@ -73,8 +75,8 @@ pub(super) fn encode_entries(
                 out.push(KIND_SYMLINK);
                 scratch.push(KIND_SYMLINK);
                 put_attrs(out, attrs, true);
-                put_attrs(&mut scratch, attrs, false);
-                for buf in [&mut *out, &mut scratch] {
+                put_attrs(scratch, attrs, false);
+                for buf in [&mut *out, &mut *scratch] {
                     buf.extend_from_slice(&(target.len() as u16).to_be_bytes());
                     buf.extend_from_slice(target);
                 }
@@ -83,12 +85,11 @@ pub(super) fn encode_entries(
                 out.push(special.code());
                 scratch.push(special.code());
                 put_attrs(out, attrs, true);
-                put_attrs(&mut scratch, attrs, false);
+                put_attrs(scratch, attrs, false);
                 special.put_rdev(out);
-                special.put_rdev(&mut scratch);
+                special.put_rdev(scratch);
             }
         }
-        fp.update(&scratch);
     }
     bytes
 }
@@ -97,20 +98,20 @@ pub(super) fn encode_entries(
 /// fits one page, otherwise pages and an index (`docs/format.md`).
 pub fn encode_dir(attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) -> Encoded {
     let ranges = page_ranges(entries);
-    let mut attrs_fp = Vec::with_capacity(32);
-    put_attrs(&mut attrs_fp, attrs, false);
     if ranges.len() <= 1 {
+        let mut attrs_fp = Vec::with_capacity(32);
+        put_attrs(&mut attrs_fp, attrs, false);
         let mut out = Vec::with_capacity(64 + entries.len() * 96);
-        let mut fp = blake3::Hasher::new();
+        let mut fp = Vec::with_capacity(64 + entries.len() * 72);
         out.extend_from_slice(DIR_MAGIC);
-        fp.update(FP_MAGIC);
+        fp.extend_from_slice(FP_MAGIC);
         put_attrs(&mut out, attrs, true);
-        fp.update(&attrs_fp);
+        fp.extend_from_slice(&attrs_fp);
         out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
         let bytes = encode_entries(&mut out, &mut fp, entries);
         let tref = TreeRef {
             node: Hash::of(&out),
-            fp: Hash(*fp.finalize().as_bytes()),
+            fp: Hash::of(&fp),
             bytes,
         };
         return Encoded {
@@ -119,39 +120,61 @@ pub fn encode_dir(attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) -> Encoded {
             pages: Vec::new(),
         };
     }
-    let mut root = Vec::with_capacity(64 + ranges.len() * 80);
+    let mut refs = Vec::with_capacity(ranges.len());
+    let mut pages = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (page, bytes) = encode_page(&entries[r]);
+        refs.push(page);
+        pages.push((page.hash, bytes));
+    }
+    let (root, tref) = encode_index(attrs, &refs);
+    Encoded { root, tref, pages }
+}
+
+/// One page of a large directory (entries strictly sorted by name, between two page
+/// boundaries): its reference in the index, and its bytes.
+pub fn encode_page(part: &[(&Name, EntryRef<'_>)]) -> (PageRef, Vec<u8>) {
+    let mut out = Vec::with_capacity(8 + part.len() * 96);
+    let mut fp = Vec::with_capacity(8 + part.len() * 72);
+    out.extend_from_slice(PAGE_MAGIC);
+    fp.extend_from_slice(PAGE_FP_MAGIC);
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    let bytes = encode_entries(&mut out, &mut fp, part);
+    let page = PageRef {
+        hash: Hash::of(&out),
+        fp: Hash::of(&fp),
+        bytes,
+        count: part.len() as u32,
+    };
+    (page, out)
+}
+
+/// The page index of a large directory over its pages, and the directory's references.
+pub fn encode_index(attrs: &Attrs, pages: &[PageRef]) -> (Vec<u8>, TreeRef) {
+    let mut root = Vec::with_capacity(64 + pages.len() * 80);
     let mut root_fp = blake3::Hasher::new();
     root.extend_from_slice(INDEX_MAGIC);
     root_fp.update(INDEX_FP_MAGIC);
     put_attrs(&mut root, attrs, true);
+    let mut attrs_fp = Vec::with_capacity(32);
+    put_attrs(&mut attrs_fp, attrs, false);
     root_fp.update(&attrs_fp);
-    root.extend_from_slice(&(ranges.len() as u32).to_be_bytes());
-    let mut pages = Vec::with_capacity(ranges.len());
+    root.extend_from_slice(&(pages.len() as u32).to_be_bytes());
     let mut total = 0u64;
-    for r in ranges {
-        let part = &entries[r];
-        let mut out = Vec::with_capacity(8 + part.len() * 96);
-        let mut fp = blake3::Hasher::new();
-        out.extend_from_slice(PAGE_MAGIC);
-        fp.update(PAGE_FP_MAGIC);
-        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        let bytes = encode_entries(&mut out, &mut fp, part);
-        let hash = Hash::of(&out);
-        let page_fp = Hash(*fp.finalize().as_bytes());
-        total = total.saturating_add(bytes);
-        root.extend_from_slice(hash.as_bytes());
-        root.extend_from_slice(page_fp.as_bytes());
-        root.extend_from_slice(&bytes.to_be_bytes());
-        root.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        root_fp.update(page_fp.as_bytes());
-        pages.push((hash, out));
+    for p in pages {
+        total = total.saturating_add(p.bytes);
+        root.extend_from_slice(p.hash.as_bytes());
+        root.extend_from_slice(p.fp.as_bytes());
+        root.extend_from_slice(&p.bytes.to_be_bytes());
+        root.extend_from_slice(&p.count.to_be_bytes());
+        root_fp.update(p.fp.as_bytes());
     }
     let tref = TreeRef {
         node: Hash::of(&root),
         fp: Hash(*root_fp.finalize().as_bytes()),
         bytes: total,
     };
-    Encoded { root, tref, pages }
+    (root, tref)
 }
 
 /// Attributes and entries (strictly sorted by name) in the entry encoding of a directory
@@ -160,18 +183,24 @@ pub fn encode_dir(attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) -> Encoded {
 pub(crate) fn encode_plain(out: &mut Vec<u8>, attrs: &Attrs, entries: &[(&Name, EntryRef<'_>)]) {
     put_attrs(out, attrs, true);
     out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    // The fingerprint is not needed here; the hasher's input is thrown away.
-    encode_entries(out, &mut blake3::Hasher::new(), entries);
+    // The fingerprint is not needed here; its preimage is thrown away.
+    encode_entries(out, &mut Vec::new(), entries);
 }
 
 pub(super) fn put_attrs(out: &mut Vec<u8>, a: &Attrs, with_time: bool) {
-    out.extend_from_slice(&a.mode.to_be_bytes());
-    out.extend_from_slice(&a.uid.to_be_bytes());
-    out.extend_from_slice(&a.gid.to_be_bytes());
-    if with_time {
-        out.extend_from_slice(&a.mtime.to_be_bytes());
-    }
-    out.extend_from_slice(&(a.xattrs.len() as u16).to_be_bytes());
+    // The fixed part in one copy.
+    let mut fixed = [0u8; 22];
+    fixed[0..4].copy_from_slice(&a.mode.to_be_bytes());
+    fixed[4..8].copy_from_slice(&a.uid.to_be_bytes());
+    fixed[8..12].copy_from_slice(&a.gid.to_be_bytes());
+    let n = if with_time {
+        fixed[12..20].copy_from_slice(&a.mtime.to_be_bytes());
+        20
+    } else {
+        12
+    };
+    fixed[n..n + 2].copy_from_slice(&(a.xattrs.len() as u16).to_be_bytes());
+    out.extend_from_slice(&fixed[..n + 2]);
     for (k, v) in &a.xattrs {
         out.push(k.len() as u8);
         out.extend_from_slice(k);

@@ -22,10 +22,10 @@ mod encode;
 
 pub use content::{chunks_of, hash_file, parse_chunk_list, store_file, write_content};
 pub(crate) use decode::decode_plain;
+pub use decode::{PageRef, base_pages, count_changes, count_page_changes, dir_objects};
 use decode::{Reader, decode_entries, parse_index};
-pub use decode::{count_changes, dir_objects};
-pub use encode::encode_dir;
 pub(crate) use encode::encode_plain;
+pub use encode::{encode_dir, encode_index, encode_page};
 
 /// Magic prefix of a stored directory node.
 const DIR_MAGIC: &[u8; 4] = b"HDN1";
@@ -431,11 +431,12 @@ impl DirNode {
         let mut entries = Vec::with_capacity(
             pages
                 .iter()
-                .map(|p| p.1 as usize)
+                .map(|p| p.count as usize)
                 .sum::<usize>()
                 .min(1 << 20),
         );
-        for (h, count) in pages {
+        for p in pages {
+            let (h, count) = (p.hash, p.count);
             let page = store.get(&h)?;
             let mut r = Reader {
                 buf: &page,

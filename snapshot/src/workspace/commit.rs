@@ -205,10 +205,7 @@ impl State {
             if !self.needs_commit(dir) {
                 continue;
             }
-            let Ok(entries) = self.entries(dir) else {
-                continue;
-            };
-            for child in entries.values() {
+            for child in &self.children_to_commit(dir) {
                 match self.inodes.get(child).map(|i| &i.node) {
                     Some(Node::File(FileData::Owned {
                         id,
@@ -247,54 +244,167 @@ impl State {
                 ..
             } => return Ok(*t),
             Node::Dir {
-                state: DirState::Loaded { entries, base, .. },
+                state: DirState::Loaded { base, .. },
                 ..
-            } => {
-                let pending: Vec<Ino> = entries
-                    .values()
-                    .copied()
-                    .filter(|c| self.needs_commit(*c))
-                    .collect();
-                (pending, *base)
-            }
+            } => (self.children_to_commit(ino), *base),
             _ => return Err(Error::NotADirectory(ino.to_string())),
         };
         // Children first: dirty subdirectories and written files.
-        for child in pending {
-            if self.inode(child)?.kind() == Kind::Dir {
-                self.commit_dir(ws, child, w, changed, cleaned)?;
+        for child in &pending {
+            if self.inode(*child)?.kind() == Kind::Dir {
+                self.commit_dir(ws, *child, w, changed, cleaned)?;
             } else {
-                self.commit_file(ws, child, w, cleaned)?;
+                self.commit_file(ws, *child, w, cleaned)?;
             }
         }
         // Then encode from borrowed entries: no copies of names or attributes.
         let enc = {
             let i = self.inode(ino)?;
             let entries = self.entries(ino)?;
-            let mut refs = Vec::with_capacity(entries.len());
-            for (name, child) in entries {
-                refs.push((name, self.entry_ref(*child)?));
-            }
-            let enc = tree::encode_dir(&i.attrs, &refs);
-            *changed += match base {
-                Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
-                None => refs.len() as u64,
+            let over = match (&i.node, base) {
+                (
+                    Node::Dir {
+                        state:
+                            DirState::Loaded {
+                                touched: Some(touched),
+                                ..
+                            },
+                        ..
+                    },
+                    Some(h),
+                ) => self.encode_over(ws, &h, touched, &pending, &i.attrs, entries, changed)?,
+                _ => None,
             };
-            enc
+            match over {
+                Some(enc) => enc,
+                None => {
+                    let mut refs = Vec::with_capacity(entries.len());
+                    for (name, child) in entries {
+                        refs.push((name, self.entry_ref(*child)?));
+                    }
+                    let enc = tree::encode_dir(&i.attrs, &refs);
+                    *changed += match base {
+                        Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
+                        None => refs.len() as u64,
+                    };
+                    enc
+                }
+            }
         };
         let tref = enc.store(w)?;
         if let Node::Dir {
-            state: DirState::Loaded { clean, base, .. },
+            state:
+                DirState::Loaded {
+                    clean,
+                    base,
+                    touched,
+                    ..
+                },
             ..
         } = &mut self.inode_mut(ino)?.node
         {
             *clean = Some(tref);
+            *touched = Some(FxHashSet::default());
             cleaned.push(Cleaned {
                 ino,
                 base: base.replace(tref.node),
             });
         }
         Ok(tref)
+    }
+
+    /// Encodes a paged directory whose names are those of its stored form `base`,
+    /// re-encoding only the pages that hold a `touched` or `pending` child and taking
+    /// every other page's reference from `base`'s index: a commit of a few changed
+    /// entries costs the pages they are in, not the directory. Adds the changed paths
+    /// to `changed`. `None` when `base` is one node (or does not match the entries).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_over(
+        &self,
+        ws: &Workspace,
+        base: &Hash,
+        touched: &FxHashSet<Ino>,
+        pending: &[Ino],
+        attrs: &Attrs,
+        entries: &BTreeMap<Name, Ino>,
+        changed: &mut u64,
+    ) -> Result<Option<tree::Encoded>> {
+        let store = &ws.shared.store;
+        let Some(old) = tree::base_pages(store, base)? else {
+            return Ok(None);
+        };
+        if old.iter().map(|p| p.count as usize).sum::<usize>() != entries.len() {
+            return Ok(None);
+        }
+        // Every pending child is touched too; checked anyway, as a second line.
+        let pending: FxHashSet<Ino> = pending.iter().copied().collect();
+        let mut refs = Vec::with_capacity(old.len());
+        let mut pages = Vec::new();
+        let mut names = entries.iter();
+        let mut part = Vec::new();
+        let mut count = 0u64;
+        for p in &old {
+            part.clear();
+            part.extend(names.by_ref().take(p.count as usize));
+            let dirty = part
+                .iter()
+                .any(|(_, c)| touched.contains(*c) || pending.contains(*c));
+            if !dirty {
+                refs.push(*p);
+                continue;
+            }
+            let mut page_refs = Vec::with_capacity(part.len());
+            for (name, child) in &part {
+                page_refs.push((*name, self.entry_ref(**child)?));
+            }
+            let (page, bytes) = tree::encode_page(&page_refs);
+            if page.hash != p.hash {
+                count += tree::count_page_changes(store, &p.hash, &page.hash, &bytes)?;
+                pages.push((page.hash, bytes));
+            }
+            refs.push(page);
+        }
+        let (root, tref) = tree::encode_index(attrs, &refs);
+        *changed += count;
+        Ok(Some(tree::Encoded { root, tref, pages }))
+    }
+
+    /// The children of loaded directory `dir` that need a commit (`needs_commit`), in
+    /// name order: found among the touched ones when they are known, else among all.
+    fn children_to_commit(&self, dir: Ino) -> Vec<Ino> {
+        let Some(Node::Dir {
+            state: DirState::Loaded {
+                entries, touched, ..
+            },
+            ..
+        }) = self.inodes.get(&dir).map(|i| &i.node)
+        else {
+            return Vec::new();
+        };
+        match touched {
+            Some(t) if t.len() < entries.len() => {
+                let mut out: Vec<Ino> = t
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        self.needs_commit(*c)
+                            && self.inodes.get(c).is_some_and(|i| i.parents.contains(&dir))
+                    })
+                    .collect();
+                out.sort();
+                out
+            }
+            _ => {
+                let mut out: Vec<Ino> = entries
+                    .values()
+                    .copied()
+                    .filter(|c| self.needs_commit(*c))
+                    .collect();
+                out.sort();
+                out.dedup();
+                out
+            }
+        }
     }
 
     /// True for a dirty directory or a file written since its last commit.
@@ -400,11 +510,19 @@ impl State {
             if let Some(i) = self.inodes.get_mut(&c.ino) {
                 match &mut i.node {
                     Node::Dir {
-                        state: DirState::Loaded { clean, base, .. },
+                        state:
+                            DirState::Loaded {
+                                clean,
+                                base,
+                                touched,
+                                ..
+                            },
                         ..
                     } => {
                         *clean = None;
                         *base = c.base;
+                        // What changed since that base is no longer known.
+                        *touched = None;
                     }
                     Node::File(FileData::Owned { committed, .. }) => *committed = None,
                     _ => {}

@@ -259,6 +259,7 @@ impl State {
                     entries,
                     clean: None,
                     base: None,
+                    touched: None,
                     subdirs,
                 },
                 prev: None,

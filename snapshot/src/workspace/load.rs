@@ -75,6 +75,7 @@ impl State {
                 entries,
                 clean: Some(tref),
                 base: Some(tref.node),
+                touched: Some(FxHashSet::default()),
                 subdirs,
             },
             prev: None,

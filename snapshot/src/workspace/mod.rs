@@ -83,8 +83,13 @@ enum DirState {
         entries: BTreeMap<Name, Ino>,
         /// The tree this directory encodes to, while it has not changed.
         clean: Option<TreeRef>,
-        /// The node it was loaded from, to count changed paths at commit.
+        /// The node it was loaded from (or last committed to), to count changed paths
+        /// and reuse unchanged pages at commit.
         base: Option<Hash>,
+        /// The children whose entries changed since `base`, while its names are those of
+        /// `base` (`None`: unknown, or names changed): a commit re-encodes only the
+        /// pages that hold one of them.
+        touched: Option<FxHashSet<Ino>>,
         subdirs: u32,
     },
 }
@@ -123,6 +128,7 @@ impl Node {
                 entries: BTreeMap::new(),
                 clean: None,
                 base: None,
+                touched: None,
                 subdirs: 0,
             },
             prev: None,
@@ -509,28 +515,43 @@ impl State {
         );
         self.jdirty.insert(ino);
         if is_dir {
-            self.dirty_dir(ino);
+            // Its own attributes: its pages stay, its entry in the parent changes.
+            self.mark_dirty(ino, false);
         } else if let Some(i) = self.inodes.get(&ino) {
             for p in i.parents.clone() {
                 // Its parents record it (by value, or by inode once it is journaled).
                 self.jdirty.insert(p);
-                self.dirty_dir(p);
+                self.note_touched(p, ino);
+                self.mark_dirty(p, false);
             }
         }
     }
 
-    fn dirty_dir(&mut self, mut ino: Ino) {
+    /// Marks directory `ino` and its ancestors dirty, not knowing which entries changed
+    /// (a commit then encodes it whole).
+    fn dirty_dir(&mut self, ino: Ino) {
+        self.mark_dirty(ino, true);
+    }
+
+    /// Marks directory `ino` and its ancestors dirty; `entries_changed`: its set of
+    /// entries changed in a way `touched` does not record (names added, removed, moved).
+    /// Each ancestor records the child it is dirty through.
+    fn mark_dirty(&mut self, mut ino: Ino, mut entries_changed: bool) {
         loop {
             let Some(i) = self.inodes.get_mut(&ino) else {
                 return;
             };
             match &mut i.node {
                 Node::Dir {
-                    state: DirState::Loaded { clean, .. },
+                    state: DirState::Loaded { clean, touched, .. },
                     ..
                 } => {
+                    if entries_changed {
+                        *touched = None;
+                    }
                     if clean.take().is_none() && ino != Ino::ROOT {
-                        // Already dirty: by the invariant, so are its ancestors.
+                        // Already dirty: by the invariant, so are its ancestors, and
+                        // each already records the child it is dirty through.
                         return;
                     }
                 }
@@ -542,10 +563,30 @@ impl State {
             match parent {
                 Some(p) => {
                     self.jdirty.insert(p);
+                    self.note_touched(p, ino);
+                    entries_changed = false;
                     ino = p;
                 }
                 None => return,
             }
+        }
+    }
+
+    /// Directory `dir`'s entry for `child` changed (content, attributes, or a subtree).
+    fn note_touched(&mut self, dir: Ino, child: Ino) {
+        if let Some(Inode {
+            node:
+                Node::Dir {
+                    state:
+                        DirState::Loaded {
+                            touched: Some(t), ..
+                        },
+                    ..
+                },
+            ..
+        }) = self.inodes.get_mut(&dir)
+        {
+            t.insert(child);
         }
     }
 

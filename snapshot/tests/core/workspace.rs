@@ -381,3 +381,179 @@ fn large_file_edit_stores_only_changed_chunks() {
     assert_eq!(&back[2_000_000..2_000_004], b"edit");
     assert_eq!(back.len(), data.len());
 }
+
+/// Everything a snapshot keeps of each path: content, mode, owner, mtime, xattrs.
+type Full = Vec<(
+    String,
+    Option<Vec<u8>>,
+    u32,
+    u32,
+    u32,
+    i64,
+    Vec<(Vec<u8>, Vec<u8>)>,
+)>;
+
+fn full_state(ws: &helios_snapshot::Workspace) -> Full {
+    contents(ws)
+        .into_iter()
+        .map(|(path, data)| {
+            let ino = ws.resolve(&path).expect("resolve");
+            let st = ws.getattr(ino).expect("stat");
+            let mut xattrs: Vec<_> = ws
+                .listxattr(ino)
+                .expect("listxattr")
+                .into_iter()
+                .map(|k| {
+                    let v = ws.getxattr(ino, &k).expect("getxattr");
+                    (k, v)
+                })
+                .collect();
+            xattrs.sort();
+            (path, data, st.mode, st.uid, st.gid, st.mtime, xattrs)
+        })
+        .collect()
+}
+
+/// A commit re-encodes only the pages of a large directory that hold a changed entry
+/// and takes the others from the last commit: every kind of change to one entry (its
+/// content, mode, owner, mtime, xattrs; through a hard link from another directory; in
+/// a subdirectory; the directory's own mode) must reach the snapshot, and a fork of it
+/// must hold exactly the workspace's state.
+#[test]
+fn every_change_in_a_paged_directory_reaches_the_snapshot() {
+    let (_d, _b, repo) = mem_repo();
+    let ws = repo
+        .create_workspace(None, false, Default::default())
+        .expect("create");
+    ws.mkdir_path("big").expect("mkdir");
+    ws.mkdir_path("big/sub").expect("mkdir");
+    ws.mkdir_path("other").expect("mkdir");
+    for i in 0..300 {
+        ws.write_file(&format!("big/f{i:03}"), format!("file {i}").as_bytes())
+            .expect("write");
+    }
+    ws.write_file("big/sub/x", b"x").expect("write");
+    let big = ws.resolve("big").expect("big");
+    let other = ws.resolve("other").expect("other");
+    ws.link(ws.resolve("big/f010").expect("f010"), other, &n("l"))
+        .expect("link");
+    ws.snapshot(None, Default::default()).expect("snapshot");
+    let f = |p: &str| ws.resolve(p).expect("resolve");
+    // What changed, the paths it changes (mtimes and a directory's own attributes
+    // aside, as `changed_paths` counts), and the change.
+    type Change<'a> = (&'a str, u64, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change<'_>> = vec![
+        (
+            "write",
+            1,
+            Box::new(|| {
+                ws.write(f("big/f100"), 0, b"changed").expect("write");
+            }),
+        ),
+        (
+            "chmod",
+            1,
+            Box::new(|| {
+                let set = SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                };
+                ws.setattr(f("big/f200"), set).expect("chmod");
+            }),
+        ),
+        (
+            "chown",
+            1,
+            Box::new(|| {
+                let set = SetAttr {
+                    uid: Some(7),
+                    gid: Some(9),
+                    ..Default::default()
+                };
+                ws.setattr(f("big/f201"), set).expect("chown");
+            }),
+        ),
+        (
+            "setxattr",
+            1,
+            Box::new(|| {
+                ws.setxattr(f("big/f050"), b"user.k", b"v", XattrMode::Create)
+                    .expect("setxattr");
+            }),
+        ),
+        (
+            "mtime",
+            0,
+            Box::new(|| {
+                let set = SetAttr {
+                    mtime: Some(helios_snapshot::SetTime::At(1_000_000_000)),
+                    ..Default::default()
+                };
+                ws.setattr(f("big/f250"), set).expect("utimens");
+            }),
+        ),
+        (
+            "write through a link elsewhere",
+            2,
+            Box::new(|| {
+                ws.write(f("other/l"), 0, b"via the link").expect("write");
+            }),
+        ),
+        (
+            "write below",
+            1,
+            Box::new(|| {
+                ws.write(f("big/sub/x"), 0, b"deeper").expect("write");
+            }),
+        ),
+        (
+            "chmod of the directory",
+            0,
+            Box::new(|| {
+                let set = SetAttr {
+                    mode: Some(0o700),
+                    ..Default::default()
+                };
+                ws.setattr(big, set).expect("chmod");
+            }),
+        ),
+        (
+            "removexattr",
+            1,
+            Box::new(|| {
+                ws.removexattr(f("big/f050"), b"user.k")
+                    .expect("removexattr");
+            }),
+        ),
+        (
+            "truncate",
+            1,
+            Box::new(|| {
+                let set = SetAttr {
+                    size: Some(2),
+                    ..Default::default()
+                };
+                ws.setattr(f("big/f150"), set).expect("truncate");
+            }),
+        ),
+        (
+            "two at once, pages apart",
+            2,
+            Box::new(|| {
+                ws.write(f("big/f000"), 0, b"first").expect("write");
+                ws.write(f("big/f299"), 0, b"last").expect("write");
+            }),
+        ),
+    ];
+    for (what, paths, change) in &changes {
+        change();
+        let s = ws.snapshot(None, Default::default()).expect("snapshot");
+        assert_eq!(s.metrics.changed_paths, *paths, "{what}: changed paths");
+        let fork = repo
+            .create_workspace(Some(s.id), true, Default::default())
+            .expect("open the snapshot");
+        assert_eq!(full_state(&fork), full_state(&ws), "{what}");
+    }
+    let fsck = repo.fsck().expect("fsck");
+    assert!(fsck.ok(), "{:?}", fsck.errors);
+}
