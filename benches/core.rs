@@ -289,6 +289,15 @@ fn space_report(_: &mut Criterion) {
         total >> 10,
         total as f64 / one_copy as f64
     );
+    let t = std::time::Instant::now();
+    fx.repo.pack().expect("pack");
+    let packed = fx.repo.stats().expect("stats").stored_bytes;
+    println!(
+        "space: packed ({:.1} s): {} KiB = {:.2}x one copy as committed",
+        t.elapsed().as_secs_f64(),
+        packed >> 10,
+        packed as f64 / one_copy as f64
+    );
 }
 
 criterion_group!(

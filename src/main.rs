@@ -142,6 +142,9 @@ enum Cmd {
     Warm { snapshot: String },
     /// Reclaim space no snapshot or workspace uses.
     Gc,
+    /// Pack the snapshots taken since the last pack now: objects rewritten as zstd, or
+    /// as deltas against their predecessors (the daemon does it in the background).
+    Pack,
     /// Store and graph counters.
     Stats,
     /// Verify every object and reference.
@@ -583,6 +586,20 @@ fn run(cli: Cli) -> Result<()> {
                 "freed {} objects, {}",
                 v["freed_objects"],
                 human_bytes(v["freed_bytes"].as_u64().unwrap_or(0))
+            );
+            (v, h)
+        }
+        Cmd::Pack => {
+            let v = c.call("POST", "/v1/pack", None)?;
+            let before = v["bytes_before"].as_u64().unwrap_or(0);
+            let after = v["bytes_after"].as_u64().unwrap_or(0);
+            let h = format!(
+                "packed {} snapshots: {} objects rewritten ({} as deltas), {} -> {}",
+                v["snapshots"],
+                v["rewritten"],
+                v["deltas"],
+                human_bytes(before),
+                human_bytes(after)
             );
             (v, h)
         }

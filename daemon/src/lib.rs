@@ -299,6 +299,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     })?;
     tracing::info!(restored, "workspaces mounted again");
     watch_unmounts(Arc::downgrade(&daemon));
+    pack_in_background(Arc::downgrade(&daemon));
     let result = rt.block_on(async {
         let listener = match activated {
             Some(l) => {
@@ -341,6 +342,63 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     drop(rt);
     result
+}
+
+/// How often the background packer looks for new snapshots.
+const PACK_POLL: std::time::Duration = std::time::Duration::from_secs(30);
+/// It packs once this many snapshots are new...
+const PACK_AFTER_SNAPSHOTS: u64 = 256;
+/// ...or when any are and this long has passed since the last pack.
+const PACK_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Packs new snapshots in the background (`Repo::pack`), on a thread at the lowest
+/// priority, so that history costs about what it changed without a commit paying for
+/// compression.
+fn pack_in_background(daemon: std::sync::Weak<Daemon>) {
+    let spawned = std::thread::Builder::new()
+        .name("helios-pack".into())
+        .spawn(move || {
+            lowest_priority();
+            let mut packed_at = match daemon.upgrade() {
+                Some(d) => d.repo.stats().map(|s| s.snapshots).unwrap_or(0),
+                None => return,
+            };
+            let mut last = std::time::Instant::now();
+            loop {
+                std::thread::sleep(PACK_POLL);
+                let Some(d) = daemon.upgrade() else { return };
+                let Ok(stats) = d.repo.stats() else { continue };
+                let new = stats.snapshots.saturating_sub(packed_at);
+                if new == 0 || (new < PACK_AFTER_SNAPSHOTS && last.elapsed() < PACK_AFTER) {
+                    continue;
+                }
+                match d.repo.pack() {
+                    Ok(r) => tracing::info!(
+                        snapshots = r.snapshots,
+                        rewritten = r.rewritten,
+                        deltas = r.deltas,
+                        bytes_before = r.bytes_before,
+                        bytes_after = r.bytes_after,
+                        "packed"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "background pack failed; retried later"),
+                }
+                packed_at = stats.snapshots;
+                last = std::time::Instant::now();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the background packer");
+    }
+}
+
+/// Lowers the calling thread to nice 19 (Linux keeps a nice value per thread).
+#[allow(unsafe_code)]
+fn lowest_priority() {
+    // SAFETY: setpriority only changes this thread's scheduling priority.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
 }
 
 /// Watches the mount table (poll(2) on /proc/self/mountinfo wakes up at every change,

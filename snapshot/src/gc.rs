@@ -106,6 +106,22 @@ impl Repo {
                 }
             }
         }
+        // An object stored as a delta (`pack.rs`) needs its base, live or not.
+        let mut bases = std::collections::HashMap::new();
+        self.backend().scan(Cf::Objects, &[], &mut |k, v| {
+            if let Some(b) = crate::store::codec::delta_base(v) {
+                bases.insert(Hash::from_slice(k)?, b);
+            }
+            Ok(true)
+        })?;
+        let mut stack: Vec<Hash> = live.iter().filter_map(|h| bases.get(h)).copied().collect();
+        while let Some(b) = stack.pop() {
+            if live.insert(b)
+                && let Some(next) = bases.get(&b)
+            {
+                stack.push(*next);
+            }
+        }
         let mut report = GcReport::default();
         let (mut live_objects, mut live_bytes) = (0u64, 0u64);
         let mut batch = Batch::new();
@@ -167,7 +183,7 @@ impl Repo {
             bytes += v.len() as u64;
             match Hash::from_slice(k) {
                 Ok(h) => {
-                    if let Err(e) = crate::store::codec::decode(&h, v) {
+                    if let Err(e) = store.decode_value(&h, v) {
                         report.errors.push(e.to_string());
                         memo.bad.insert(h);
                     }

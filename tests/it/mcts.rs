@@ -127,6 +127,14 @@ fn mcts_cycle_through_the_cli() {
         log.contains("child2") && log.contains("\"value\":2"),
         "{log}"
     );
+    // Pack the history (as the daemon does in the background), then read it back.
+    let pack = d.json(&["pack"]);
+    assert!(pack["snapshots"].as_u64().expect("n") >= 5, "{pack}");
+    assert!(
+        pack["bytes_after"].as_u64() <= pack["bytes_before"].as_u64(),
+        "{pack}"
+    );
+    assert_eq!(d.json(&["pack"])["rewritten"], 0, "nothing new to pack");
     // Drop the losers' workspaces and snapshots, then gc.
     let before = d.json(&["stats"]);
     for (w, _) in &children {
@@ -149,4 +157,12 @@ fn mcts_cycle_through_the_cli() {
     let ls = d.json(&["ls"]);
     assert_eq!(ls.as_array().expect("list").len(), 1);
     assert_eq!(ls[0]["base"], best.1.as_str());
+    // Packed and collected, every kept snapshot reads back: the root, then the best.
+    d.json(&["checkout", main.to_str().expect("utf8"), &root_id]);
+    assert!(!main.join("branch.txt").exists());
+    d.json(&["checkout", main.to_str().expect("utf8"), &best.1]);
+    assert_eq!(
+        fs::read_to_string(main.join("branch.txt")).expect("read"),
+        "branch2\n"
+    );
 }

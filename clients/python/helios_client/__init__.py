@@ -185,6 +185,11 @@ class Client:
     def gc(self) -> Json:
         return self.request("POST", "/v1/gc")
 
+    def pack(self) -> Json:
+        """Packs the snapshots taken since the last pack (the daemon also does it in
+        the background): objects rewritten as zstd or as deltas."""
+        return self.request("POST", "/v1/pack")
+
     def fsck(self) -> Json:
         return self.request("POST", "/v1/fsck")
 

@@ -93,6 +93,7 @@ class DaemonTest(unittest.TestCase):
         self.assertGreaterEqual(h.stats()["snapshots"], 1)
         self.assertIn("helios_", h.metrics())
         self.assertEqual(h.fsck()["errors"], [])
+        self.assertIn("deltas", h.pack())
         self.assertIn("freed_objects", h.gc())
         self.assertEqual(len(h.workspaces()), 0)
 

@@ -220,6 +220,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/stats", get(system::stats))
         .route("/metrics", get(system::metrics))
         .route("/v1/gc", post(system::gc))
+        .route("/v1/pack", post(system::pack))
         .route("/v1/fsck", post(system::fsck))
         .route("/v1/snapshots", get(snapshots::list))
         .route("/v1/snapshots/import", post(snapshots::import))
@@ -319,6 +320,7 @@ mod fuzz {
             Just("/v1/stats"),
             Just("/metrics"),
             Just("/v1/gc"),
+            Just("/v1/pack"),
             Just("/v1/fsck"),
             Just("/v1/snapshots"),
             Just("/v1/snapshots/import"),

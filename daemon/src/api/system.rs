@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use helios_snapshot::{FsckReport, GcReport, Stats};
+use helios_snapshot::{FsckReport, GcReport, PackReport, Stats};
 
 use super::{AppState, blocking};
 use crate::error::ApiResult;
@@ -64,6 +64,13 @@ pub async fn metrics(State(app): State<AppState>) -> ApiResult<impl IntoResponse
 pub async fn gc(State(app): State<AppState>) -> ApiResult<Json<GcReport>> {
     let repo = app.daemon.repo.clone();
     Ok(Json(blocking(move || Ok(repo.gc()?)).await?))
+}
+
+/// `POST /v1/pack`: packs the snapshots taken since the last pack now (the daemon also
+/// does it in the background).
+pub async fn pack(State(app): State<AppState>) -> ApiResult<Json<PackReport>> {
+    let repo = app.daemon.repo.clone();
+    Ok(Json(blocking(move || Ok(repo.pack()?)).await?))
 }
 
 /// `POST /v1/fsck`.

@@ -166,6 +166,12 @@ pub trait Backend: Send + Sync + 'static {
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
         Ok(self.get(cf, key)?.is_some())
     }
+
+    /// Reclaims the space of overwritten and deleted values of `cf` (RocksDB keeps old
+    /// versions until a compaction); nothing for backends without them.
+    fn compact(&self, _cf: Cf) -> Result<()> {
+        Ok(())
+    }
 }
 
 type Maps = BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>;

@@ -1,5 +1,10 @@
 //! Value codecs: every stored object starts with a one-byte tag saying how the rest is
-//! encoded. lz4 is used only when it makes the value smaller.
+//! encoded. A commit writes raw or lz4 (lz4 only when it makes the value smaller);
+//! packing (`pack.rs`) later rewrites values as zstd, or as zstd deltas against another
+//! object. Every encoding of an object decodes to the same bytes, and every read
+//! verifies them against the object's hash.
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -8,6 +13,14 @@ use crate::hash::Hash;
 pub const CODEC_RAW: u8 = 0;
 /// Tag: payload is lz4 block format with the uncompressed length prepended (u32 LE).
 pub const CODEC_LZ4: u8 = 1;
+/// Tag: payload is one zstd frame that records its content size.
+pub const CODEC_ZSTD: u8 = 2;
+/// Tag: payload is the 32-byte hash of a base object, then one zstd frame (recording its
+/// content size) compressed with the base object's bytes as its prefix.
+pub const CODEC_DELTA: u8 = 3;
+
+/// The largest object a zstd frame may claim to decode to.
+const MAX_DECODED: u64 = 1 << 30;
 
 /// Objects smaller than this are not worth trying to compress.
 const MIN_COMPRESS: usize = 64;
@@ -29,8 +42,83 @@ pub fn encode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes a stored value and verifies it hashes to `hash`.
-pub fn decode(hash: &Hash, value: &[u8]) -> Result<Vec<u8>> {
+/// `bytes` as one zstd frame at `level`, with `prefix` (a similar object) as its
+/// single-use dictionary when given.
+fn zstd_frame(bytes: &[u8], prefix: Option<&[u8]>, level: i32) -> Result<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let fail = |code: usize| {
+        Error::InvalidArgument(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+    };
+    let mut cx = CCtx::create();
+    cx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(fail)?;
+    cx.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(fail)?;
+    if let Some(p) = prefix {
+        cx.ref_prefix(p).map_err(fail)?;
+    }
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(bytes.len()));
+    cx.compress2(&mut out, bytes).map_err(fail)?;
+    Ok(out)
+}
+
+/// The value of `bytes` as a zstd frame at `level`.
+pub fn encode_zstd(bytes: &[u8], level: i32) -> Result<Vec<u8>> {
+    let frame = zstd_frame(bytes, None, level)?;
+    let mut out = Vec::with_capacity(frame.len() + 1);
+    out.push(CODEC_ZSTD);
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// The value of `bytes` as a delta against the object `base` (whose bytes are
+/// `base_bytes`), at zstd `level`.
+pub fn encode_delta(bytes: &[u8], base: &Hash, base_bytes: &[u8], level: i32) -> Result<Vec<u8>> {
+    let frame = zstd_frame(bytes, Some(base_bytes), level)?;
+    let mut out = Vec::with_capacity(frame.len() + 33);
+    out.push(CODEC_DELTA);
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// The base object a delta value needs; `None` for every other value.
+pub fn delta_base(value: &[u8]) -> Option<Hash> {
+    match value.split_first() {
+        Some((&CODEC_DELTA, rest)) if rest.len() >= 32 => Hash::from_slice(&rest[..32]).ok(),
+        _ => None,
+    }
+}
+
+/// Decodes a zstd frame, with `prefix` when it was compressed with one.
+fn unzstd(frame: &[u8], prefix: Option<&[u8]>) -> std::result::Result<Vec<u8>, String> {
+    use zstd::zstd_safe::DCtx;
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n <= MAX_DECODED => n as usize,
+        Ok(Some(n)) => return Err(format!("zstd frame claims {n} bytes")),
+        _ => return Err("zstd frame without a content size".into()),
+    };
+    let mut dx = DCtx::create();
+    if let Some(p) = prefix {
+        dx.ref_prefix(p)
+            .map_err(|c| zstd::zstd_safe::get_error_name(c).to_string())?;
+    }
+    let mut out = Vec::with_capacity(size);
+    dx.decompress(&mut out, frame)
+        .map_err(|c| format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))?;
+    if out.len() != size {
+        return Err(format!("zstd frame gave {} of {size} bytes", out.len()));
+    }
+    Ok(out)
+}
+
+/// Decodes a stored value and verifies it hashes to `hash`. A delta asks `base` for the
+/// bytes of its base object.
+pub fn decode_with(
+    hash: &Hash,
+    value: &[u8],
+    base: &mut dyn FnMut(&Hash) -> Result<Arc<[u8]>>,
+) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::Corrupt {
         hash: *hash,
         reason,
@@ -42,6 +130,15 @@ pub fn decode(hash: &Hash, value: &[u8]) -> Result<Vec<u8>> {
         CODEC_RAW => payload.to_vec(),
         CODEC_LZ4 => lz4_flex::block::decompress_size_prepended(payload)
             .map_err(|e| corrupt(format!("lz4: {e}")))?,
+        CODEC_ZSTD => unzstd(payload, None).map_err(corrupt)?,
+        CODEC_DELTA => {
+            let b = delta_base(value).ok_or_else(|| corrupt("delta without a base".into()))?;
+            if b == *hash {
+                return Err(corrupt("a delta against itself".into()));
+            }
+            let base_bytes = base(&b)?;
+            unzstd(&payload[32..], Some(&base_bytes)).map_err(corrupt)?
+        }
         other => return Err(corrupt(format!("unknown codec tag {other}"))),
     };
     let actual = Hash::of(&bytes);
@@ -49,6 +146,17 @@ pub fn decode(hash: &Hash, value: &[u8]) -> Result<Vec<u8>> {
         return Err(corrupt(format!("content hashes to {}", actual.short())));
     }
     Ok(bytes)
+}
+
+/// `decode_with` for a value that needs no base (a delta is refused as corrupt).
+#[cfg(test)]
+pub fn decode(hash: &Hash, value: &[u8]) -> Result<Vec<u8>> {
+    decode_with(hash, value, &mut |b| {
+        Err(Error::Corrupt {
+            hash: *hash,
+            reason: format!("a delta against {}, read without a store", b.short()),
+        })
+    })
 }
 
 #[cfg(test)]

@@ -16,12 +16,19 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 pub use backend::{Backend, Batch, Cf, Durability, Fault, FaultyBackend, MemBackend};
 
-/// The on-disk format this build reads and writes (`docs/format.md`).
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build reads and writes (`docs/format.md`). Version 2 added
+/// the zstd and delta codecs that packing writes; a version 1 store is upgraded when
+/// opened (its values are all valid in version 2), so that an older build refuses it
+/// by its version instead of failing on values it cannot decode.
+pub const FORMAT_VERSION: u32 = 2;
 /// Meta key holding the format version (u32 BE).
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
 /// Meta key holding the object counters (`objects`, `stored_bytes`, each u64 BE).
 pub(crate) const META_OBJECT_STATS: &[u8] = b"object_stats";
+
+/// The longest chain of deltas a read follows (packing builds chains of at most
+/// `pack::DELTA_DEPTH`); a longer one is reported as corrupt.
+const MAX_CHAIN: u32 = 64;
 
 /// Staged objects are written out once they exceed this many bytes, so that a large
 /// commit never holds more than this in memory.
@@ -74,7 +81,11 @@ impl Store {
                         reason: format!("{} bytes, expected 4", v.len()),
                     }
                 })?);
-                if found != FORMAT_VERSION {
+                if found == 1 {
+                    let mut b = Batch::new();
+                    b.put(Cf::Meta, META_FORMAT, FORMAT_VERSION.to_be_bytes());
+                    backend.write(b, Durability::Sync)?;
+                } else if found != FORMAT_VERSION {
                     return Err(Error::FormatVersion {
                         found,
                         expected: FORMAT_VERSION,
@@ -114,6 +125,11 @@ impl Store {
 
     /// Reads and verifies an object.
     pub fn get(&self, hash: &Hash) -> Result<Arc<[u8]>> {
+        self.get_at(hash, 0)
+    }
+
+    /// `get` of an object `depth` deltas below the one asked for.
+    fn get_at(&self, hash: &Hash, depth: u32) -> Result<Arc<[u8]>> {
         if let Some(v) = self.cache.get(hash) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
@@ -123,18 +139,37 @@ impl Store {
             .backend
             .get(Cf::Objects, hash.as_bytes())?
             .ok_or(Error::MissingObject(*hash))?;
-        let bytes: Arc<[u8]> = codec::decode(hash, &value)?.into();
+        let bytes: Arc<[u8]> = self.decode_at(hash, &value, depth)?.into();
         self.cache.insert(*hash, bytes.clone());
         Ok(bytes)
     }
 
-    /// Reads and verifies an object without touching the cache (fsck, export of cold data).
+    /// Decodes and verifies a stored value of `hash`, reading a delta's base through
+    /// the cache.
+    pub(crate) fn decode_value(&self, hash: &Hash, value: &[u8]) -> Result<Vec<u8>> {
+        self.decode_at(hash, value, 0)
+    }
+
+    fn decode_at(&self, hash: &Hash, value: &[u8], depth: u32) -> Result<Vec<u8>> {
+        codec::decode_with(hash, value, &mut |base| {
+            if depth >= MAX_CHAIN {
+                return Err(Error::Corrupt {
+                    hash: *hash,
+                    reason: format!("a chain of more than {MAX_CHAIN} deltas"),
+                });
+            }
+            self.get_at(base, depth + 1)
+        })
+    }
+
+    /// Reads and verifies an object without putting it in the cache (fsck, export of
+    /// cold data); a delta's base is read through the cache.
     pub fn get_uncached(&self, hash: &Hash) -> Result<Vec<u8>> {
         let value = self
             .backend
             .get(Cf::Objects, hash.as_bytes())?
             .ok_or(Error::MissingObject(*hash))?;
-        codec::decode(hash, &value)
+        self.decode_value(hash, &value)
     }
 
     /// True when the object is stored. The cache holds only objects read from the
@@ -385,6 +420,19 @@ mod tests {
     }
 
     const CODEC_RAW_FOR_TEST: u8 = codec::CODEC_RAW;
+
+    #[test]
+    fn a_version_1_store_is_upgraded_when_opened() {
+        let backend = MemBackend::new();
+        let mut b = Batch::new();
+        b.put(Cf::Meta, META_FORMAT, 1u32.to_be_bytes());
+        backend.write(b, Durability::Sync).expect("write");
+        Store::open(Arc::new(backend.clone()), 1 << 20).expect("opens");
+        assert_eq!(
+            backend.get(Cf::Meta, META_FORMAT).expect("get"),
+            Some(FORMAT_VERSION.to_be_bytes().to_vec())
+        );
+    }
 
     #[test]
     fn refuses_other_format_version() {

@@ -6,6 +6,7 @@ mod durability;
 mod edits;
 mod merge;
 mod model;
+mod pack;
 mod repo;
 mod workspace;
 
