@@ -102,7 +102,9 @@ fn main() {
     let repo = Repo::open(&dir.path().join("state")).expect("open");
     let imported = repo.import(&src, None).expect("import");
     let one_copy = repo.stats().expect("stats").stored_bytes;
+    let t = Instant::now();
     let first = repo.pack().expect("pack");
+    let first_secs = t.elapsed().as_secs_f64();
     let one_copy_packed = repo.stats().expect("stats").stored_bytes;
     let ws = repo
         .create_workspace(Some(imported.id), false, Default::default())
@@ -210,7 +212,7 @@ fn main() {
         steps + 2
     );
     println!(
-        "space: helios, the imported tree alone: {:.1} MiB, packed {:.1} MiB ({} objects rewritten)",
+        "space: helios, the imported tree alone: {:.1} MiB, packed {:.1} MiB ({} objects rewritten in {first_secs:.1} s)",
         mib(one_copy),
         mib(one_copy_packed),
         first.rewritten

@@ -87,6 +87,7 @@ impl Repo {
             batch: Batch::new(),
             pending: 0,
             report: PackReport::default(),
+            prepared: None,
             dict,
         };
         let mut last = done;
@@ -133,6 +134,8 @@ struct Packer<'a> {
     report: PackReport,
     /// The dictionary object: what a file with no predecessor is a delta against.
     dict: Option<(Hash, std::sync::Arc<[u8]>)>,
+    /// The dictionary digested once for all of them.
+    prepared: Option<codec::PreparedBase>,
 }
 
 impl Packer<'_> {
@@ -288,8 +291,19 @@ impl Packer<'_> {
         if let Some(b) = base.filter(|b| *b != h) {
             let d = self.depth_of(&b)?;
             if d < DELTA_DEPTH {
-                let base_bytes = store.get(&b)?;
-                let delta = codec::encode_delta(&bytes, &b, &base_bytes, LEVEL)?;
+                let delta = match &self.dict {
+                    Some((dict, dict_bytes)) if *dict == b => {
+                        if self.prepared.is_none() {
+                            self.prepared = Some(codec::PreparedBase::new(dict_bytes, LEVEL)?);
+                        }
+                        let prepared = self.prepared.as_ref().expect("just set");
+                        codec::encode_delta_prepared(&bytes, &b, prepared)?
+                    }
+                    _ => {
+                        let base_bytes = store.get(&b)?;
+                        codec::encode_delta(&bytes, &b, &base_bytes, LEVEL)?
+                    }
+                };
                 if delta.len() < best.len() {
                     best = delta;
                     depth = d + 1;

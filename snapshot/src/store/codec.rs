@@ -82,6 +82,39 @@ pub fn encode_delta(bytes: &[u8], base: &Hash, base_bytes: &[u8], level: i32) ->
     Ok(out)
 }
 
+/// A base object digested once for many deltas against it (`encode_delta_prepared`).
+pub struct PreparedBase(zstd::zstd_safe::CDict<'static>);
+
+impl PreparedBase {
+    /// `base_bytes` as a raw-content dictionary at zstd `level`.
+    pub fn new(base_bytes: &[u8], level: i32) -> Result<PreparedBase> {
+        zstd::zstd_safe::CDict::try_create(base_bytes, level)
+            .map(PreparedBase)
+            .ok_or_else(|| Error::InvalidArgument("zstd: cannot digest a base object".into()))
+    }
+}
+
+/// `encode_delta` against a base digested once: the same frames a prefix gives (a
+/// raw-content dictionary is a prefix to the decoder), without indexing the base for
+/// every object.
+pub fn encode_delta_prepared(
+    bytes: &[u8],
+    base: &Hash,
+    prepared: &PreparedBase,
+) -> Result<Vec<u8>> {
+    let mut cx = zstd::zstd_safe::CCtx::create();
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(bytes.len()));
+    cx.compress_using_cdict(&mut frame, bytes, &prepared.0)
+        .map_err(|c| {
+            Error::InvalidArgument(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))
+        })?;
+    let mut out = Vec::with_capacity(frame.len() + 33);
+    out.push(CODEC_DELTA);
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
 /// The base object a delta value needs; `None` for every other value.
 pub fn delta_base(value: &[u8]) -> Option<Hash> {
     match value.split_first() {
