@@ -62,6 +62,19 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(st.success(), "git {args:?}");
 }
 
+/// The stored bytes of every object's value, counted by a scan.
+fn stored(repo: &Repo) -> u64 {
+    let mut n = 0u64;
+    repo.store()
+        .backend()
+        .scan(Cf::Objects, &[], &mut |_, v| {
+            n += v.len() as u64;
+            Ok(true)
+        })
+        .expect("scan");
+    n
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
@@ -151,29 +164,18 @@ fn main() {
     let git_secs = t.elapsed().as_secs_f64();
     let git_bytes = du(&top.join("git/objects"));
     let before = repo.stats().expect("stats").stored_bytes;
-    let mut scanned = 0u64;
-    repo.store()
-        .backend()
-        .scan(Cf::Objects, &[], &mut |_, v| {
-            scanned += v.len() as u64;
-            Ok(true)
-        })
-        .expect("scan");
-    assert_eq!(before, scanned, "the store's byte counter before the pack");
+    assert_eq!(
+        before,
+        stored(&repo),
+        "the store's byte counter before the pack"
+    );
     let t = Instant::now();
     let report = repo.pack().expect("pack");
     let pack_secs = t.elapsed().as_secs_f64();
     let after = repo.stats().expect("stats").stored_bytes;
-    let mut scanned_after = 0u64;
-    repo.store()
-        .backend()
-        .scan(Cf::Objects, &[], &mut |_, v| {
-            scanned_after += v.len() as u64;
-            Ok(true)
-        })
-        .expect("scan");
     assert_eq!(
-        after, scanned_after,
+        after,
+        stored(&repo),
         "the store's byte counter after the pack"
     );
     let disk = du(&dir.path().join("state/db"));
