@@ -40,9 +40,6 @@ pub const DELTA_DEPTH: u32 = 32;
 /// zstd level of packed values (background work: ratio over speed).
 const LEVEL: i32 = 12;
 
-/// Rewritten values are written out in batches of about this many bytes.
-const BATCH_BYTES: usize = 8 << 20;
-
 /// What a pack did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PackReport {
@@ -60,9 +57,9 @@ pub struct PackReport {
 
 impl Repo {
     /// Packs every snapshot taken since the last pack (see the module documentation).
-    /// Runs beside snapshots and reads; gc waits for it.
+    /// Runs beside snapshots and reads; gc and prune wait for one snapshot's walk at a
+    /// time, not for the whole pack.
     pub fn pack(&self) -> Result<PackReport> {
-        let _gc = self.shared.gc_lock.read();
         let backend = self.backend();
         let done = match backend.get(Cf::Meta, META_PACKED)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])),
@@ -90,22 +87,30 @@ impl Repo {
             prepared: None,
             dict,
         };
-        let mut last = done;
         for s in todo {
+            // gc waits while this snapshot is walked, and what the walk rewrote lands
+            // before the lock goes: gc then sees every delta whose base it must keep.
+            let _gc = self.shared.gc_lock.read();
+            if snapshot::load(backend, s.id).is_err() {
+                continue; // pruned meanwhile
+            }
+            if let Some((h, _)) = &p.dict
+                && !backend.contains(Cf::Objects, h.as_bytes())?
+            {
+                // Collected meanwhile (no delta used it): build another.
+                p.dict = None;
+                p.prepared = None;
+            }
             if p.dict.is_none() {
                 p.dictionary(s.tree)?;
             }
             let old = s.parent.and_then(|id| trees.get(&id).copied());
             p.dir(old, s.tree)?;
             p.report.snapshots += 1;
-            last = s.id.0;
-            if p.batch.bytes() >= BATCH_BYTES {
-                p.write()?;
-            }
+            p.batch
+                .put(Cf::Meta, META_PACKED, s.id.0.to_be_bytes().to_vec());
+            p.write()?;
         }
-        p.batch
-            .put(Cf::Meta, META_PACKED, last.to_be_bytes().to_vec());
-        p.write()?;
         if p.report.bytes_before > 0
             && p.report.bytes_before >= self.store().stats().stored_bytes / 8
         {
