@@ -359,16 +359,11 @@ fn pack_in_background(daemon: std::sync::Weak<Daemon>) {
         .name("helios-pack".into())
         .spawn(move || {
             lowest_priority();
-            let mut packed_at = match daemon.upgrade() {
-                Some(d) => d.repo.stats().map(|s| s.snapshots).unwrap_or(0),
-                None => return,
-            };
             let mut last = std::time::Instant::now();
             loop {
                 std::thread::sleep(PACK_POLL);
                 let Some(d) = daemon.upgrade() else { return };
-                let Ok(stats) = d.repo.stats() else { continue };
-                let new = stats.snapshots.saturating_sub(packed_at);
+                let Ok(new) = d.repo.unpacked() else { continue };
                 if new == 0 || (new < PACK_AFTER_SNAPSHOTS && last.elapsed() < PACK_AFTER) {
                     continue;
                 }
@@ -383,7 +378,6 @@ fn pack_in_background(daemon: std::sync::Weak<Daemon>) {
                     ),
                     Err(e) => tracing::warn!(error = %e, "background pack failed; retried later"),
                 }
-                packed_at = stats.snapshots;
                 last = std::time::Instant::now();
             }
         });

@@ -56,15 +56,21 @@ pub struct PackReport {
 }
 
 impl Repo {
+    /// Snapshot ids handed out since the last pack: at least the snapshots a pack
+    /// would walk now (ids of failed commits and pruned snapshots count too).
+    pub fn unpacked(&self) -> Result<u64> {
+        Ok(self
+            .shared
+            .last_snapshot_id()
+            .saturating_sub(packed_through(self.backend())?))
+    }
+
     /// Packs every snapshot taken since the last pack (see the module documentation).
     /// Runs beside snapshots and reads; gc and prune wait for one snapshot's walk at a
     /// time, not for the whole pack.
     pub fn pack(&self) -> Result<PackReport> {
         let backend = self.backend();
-        let done = match backend.get(Cf::Meta, META_PACKED)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])),
-            _ => 0,
-        };
+        let done = packed_through(backend)?;
         let all = snapshot::all(backend)?;
         let trees: HashMap<SnapshotId, Hash> = all.iter().map(|s| (s.id, s.tree)).collect();
         let mut todo: Vec<_> = all.iter().filter(|s| s.id.0 > done).collect();
@@ -72,7 +78,10 @@ impl Repo {
         let dict = match backend.get(Cf::Meta, META_DICT)? {
             Some(v) if v.len() == 32 => {
                 let h = Hash::from_slice(&v)?;
-                self.store().get(&h).ok().map(|b| (h, b))
+                match self.store().get(&h) {
+                    Ok(b) => Some((h, codec::PreparedBase::new(&b, LEVEL)?)),
+                    Err(_) => None,
+                }
             }
             _ => None,
         };
@@ -84,7 +93,6 @@ impl Repo {
             batch: Batch::new(),
             pending: 0,
             report: PackReport::default(),
-            prepared: None,
             dict,
         };
         for s in todo {
@@ -99,7 +107,6 @@ impl Repo {
             {
                 // Collected meanwhile (no delta used it): build another.
                 p.dict = None;
-                p.prepared = None;
             }
             if p.dict.is_none() {
                 p.dictionary(s.tree)?;
@@ -124,6 +131,14 @@ impl Repo {
     }
 }
 
+/// The highest snapshot id packed so far.
+fn packed_through(backend: &dyn crate::store::Backend) -> Result<u64> {
+    Ok(match backend.get(Cf::Meta, META_PACKED)? {
+        Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])),
+        _ => 0,
+    })
+}
+
 struct Packer<'a> {
     store: &'a Store,
     /// Delta depth of objects looked at (0: stored whole).
@@ -137,10 +152,9 @@ struct Packer<'a> {
     /// Stored-byte change of the batch.
     pending: i64,
     report: PackReport,
-    /// The dictionary object: what a file with no predecessor is a delta against.
-    dict: Option<(Hash, std::sync::Arc<[u8]>)>,
-    /// The dictionary digested once for all of them.
-    prepared: Option<codec::PreparedBase>,
+    /// The dictionary object, what a file with no predecessor is a delta against,
+    /// digested once for all of them.
+    dict: Option<(Hash, codec::PreparedBase)>,
 }
 
 impl Packer<'_> {
@@ -192,7 +206,7 @@ impl Packer<'_> {
         self.write()?;
         self.depth.insert(h, 0);
         self.done.insert(h);
-        self.dict = Some((h, bytes.into()));
+        self.dict = Some((h, codec::PreparedBase::new(&bytes, LEVEL)?));
         Ok(())
     }
 
@@ -297,11 +311,7 @@ impl Packer<'_> {
             let d = self.depth_of(&b)?;
             if d < DELTA_DEPTH {
                 let delta = match &self.dict {
-                    Some((dict, dict_bytes)) if *dict == b => {
-                        if self.prepared.is_none() {
-                            self.prepared = Some(codec::PreparedBase::new(dict_bytes, LEVEL)?);
-                        }
-                        let prepared = self.prepared.as_ref().expect("just set");
+                    Some((dict, prepared)) if *dict == b => {
                         codec::encode_delta_prepared(&bytes, &b, prepared)?
                     }
                     _ => {

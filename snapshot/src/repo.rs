@@ -79,6 +79,11 @@ impl Shared {
         SnapshotId(self.next_snapshot.fetch_add(1, Ordering::SeqCst))
     }
 
+    /// The last snapshot id handed out (0 before the first).
+    pub(crate) fn last_snapshot_id(&self) -> u64 {
+        self.next_snapshot.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
     /// Counts snapshots added (positive) or removed (negative) with their bytes.
     pub(crate) fn count_snapshots(&self, n: i64, bytes: i64) {
         let add = |a: &AtomicU64, d: i64| {

@@ -42,13 +42,16 @@ pub fn encode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A zstd error code as an error.
+fn zstd_error(code: usize) -> Error {
+    Error::InvalidArgument(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+}
+
 /// `bytes` as one zstd frame at `level`, with `prefix` (a similar object) as its
 /// single-use dictionary when given.
 fn zstd_frame(bytes: &[u8], prefix: Option<&[u8]>, level: i32) -> Result<Vec<u8>> {
     use zstd::zstd_safe::{CCtx, CParameter};
-    let fail = |code: usize| {
-        Error::InvalidArgument(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
-    };
+    let fail = zstd_error;
     let mut cx = CCtx::create();
     cx.set_parameter(CParameter::CompressionLevel(level))
         .map_err(fail)?;
@@ -74,12 +77,19 @@ pub fn encode_zstd(bytes: &[u8], level: i32) -> Result<Vec<u8>> {
 /// The value of `bytes` as a delta against the object `base` (whose bytes are
 /// `base_bytes`), at zstd `level`.
 pub fn encode_delta(bytes: &[u8], base: &Hash, base_bytes: &[u8], level: i32) -> Result<Vec<u8>> {
-    let frame = zstd_frame(bytes, Some(base_bytes), level)?;
+    Ok(delta_value(
+        base,
+        &zstd_frame(bytes, Some(base_bytes), level)?,
+    ))
+}
+
+/// A delta value: the tag, the base's hash, the frame.
+fn delta_value(base: &Hash, frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.len() + 33);
     out.push(CODEC_DELTA);
     out.extend_from_slice(base.as_bytes());
-    out.extend_from_slice(&frame);
-    Ok(out)
+    out.extend_from_slice(frame);
+    out
 }
 
 /// A base object digested once for many deltas against it (`encode_delta_prepared`).
@@ -105,14 +115,8 @@ pub fn encode_delta_prepared(
     let mut cx = zstd::zstd_safe::CCtx::create();
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(bytes.len()));
     cx.compress_using_cdict(&mut frame, bytes, &prepared.0)
-        .map_err(|c| {
-            Error::InvalidArgument(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))
-        })?;
-    let mut out = Vec::with_capacity(frame.len() + 33);
-    out.push(CODEC_DELTA);
-    out.extend_from_slice(base.as_bytes());
-    out.extend_from_slice(&frame);
-    Ok(out)
+        .map_err(zstd_error)?;
+    Ok(delta_value(base, &frame))
 }
 
 /// The base object a delta value needs; `None` for every other value.

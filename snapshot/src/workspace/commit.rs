@@ -258,37 +258,25 @@ impl State {
             }
         }
         // Then encode from borrowed entries: no copies of names or attributes.
-        let enc = {
-            let i = self.inode(ino)?;
-            let entries = self.entries(ino)?;
-            let over = match (&i.node, base) {
-                (
-                    Node::Dir {
-                        state:
-                            DirState::Loaded {
-                                touched: Some(touched),
-                                ..
-                            },
-                        ..
-                    },
-                    Some(h),
-                ) => self.encode_over(ws, &h, touched, &pending, &i.attrs, entries, changed)?,
-                _ => None,
-            };
-            match over {
-                Some(enc) => enc,
-                None => {
-                    let mut refs = Vec::with_capacity(entries.len());
-                    for (name, child) in entries {
-                        refs.push((name, self.entry_ref(*child)?));
-                    }
-                    let enc = tree::encode_dir(&i.attrs, &refs);
-                    *changed += match base {
-                        Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
-                        None => refs.len() as u64,
-                    };
-                    enc
+        let over = match base {
+            Some(h) => self.encode_over(ws, ino, &h, changed)?,
+            None => None,
+        };
+        let enc = match over {
+            Some(enc) => enc,
+            None => {
+                let i = self.inode(ino)?;
+                let entries = self.entries(ino)?;
+                let mut refs = Vec::with_capacity(entries.len());
+                for (name, child) in entries {
+                    refs.push((name, self.entry_ref(*child)?));
                 }
+                let enc = tree::encode_dir(&i.attrs, &refs);
+                *changed += match base {
+                    Some(h) => tree::count_changes(&ws.shared.store, &h, &enc)?,
+                    None => refs.len() as u64,
+                };
+                enc
             }
         };
         let tref = enc.store(w)?;
@@ -313,22 +301,32 @@ impl State {
         Ok(tref)
     }
 
-    /// Encodes a paged directory whose names are those of its stored form `base`,
-    /// re-encoding only the pages that hold a `touched` or `pending` child and taking
-    /// every other page's reference from `base`'s index: a commit of a few changed
-    /// entries costs the pages they are in, not the directory. Adds the changed paths
-    /// to `changed`. `None` when `base` is one node (or does not match the entries).
-    #[allow(clippy::too_many_arguments)]
+    /// Encodes directory `ino`, paged and with the names of its stored form `base`,
+    /// re-encoding only the pages that hold a touched child and taking every other
+    /// page's reference from `base`'s index: a commit of a few changed entries costs the
+    /// pages they are in, not the directory. Adds the changed paths to `changed`.
+    /// `None` when what changed is not known, or `base` is one node (or does not match
+    /// the entries): the caller encodes it whole.
     fn encode_over(
         &self,
         ws: &Workspace,
+        ino: Ino,
         base: &Hash,
-        touched: &FxHashSet<Ino>,
-        pending: &[Ino],
-        attrs: &Attrs,
-        entries: &BTreeMap<Name, Ino>,
         changed: &mut u64,
     ) -> Result<Option<tree::Encoded>> {
+        let i = self.inode(ino)?;
+        let Node::Dir {
+            state:
+                DirState::Loaded {
+                    entries,
+                    touched: Some(touched),
+                    ..
+                },
+            ..
+        } = &i.node
+        else {
+            return Ok(None);
+        };
         let store = &ws.shared.store;
         let Some(old) = tree::base_pages(store, base)? else {
             return Ok(None);
@@ -336,8 +334,6 @@ impl State {
         if old.iter().map(|p| p.count as usize).sum::<usize>() != entries.len() {
             return Ok(None);
         }
-        // Every pending child is touched too; checked anyway, as a second line.
-        let pending: FxHashSet<Ino> = pending.iter().copied().collect();
         let mut refs = Vec::with_capacity(old.len());
         let mut pages = Vec::new();
         let mut names = entries.iter();
@@ -346,9 +342,7 @@ impl State {
         for p in &old {
             part.clear();
             part.extend(names.by_ref().take(p.count as usize));
-            let dirty = part
-                .iter()
-                .any(|(_, c)| touched.contains(*c) || pending.contains(*c));
+            let dirty = part.iter().any(|(_, c)| touched.contains(*c));
             if !dirty {
                 refs.push(*p);
                 continue;
@@ -364,13 +358,14 @@ impl State {
             }
             refs.push(page);
         }
-        let (root, tref) = tree::encode_index(attrs, &refs);
+        let (root, tref) = tree::encode_index(&i.attrs, &refs);
         *changed += count;
         Ok(Some(tree::Encoded { root, tref, pages }))
     }
 
-    /// The children of loaded directory `dir` that need a commit (`needs_commit`), in
-    /// name order: found among the touched ones when they are known, else among all.
+    /// The children of loaded directory `dir` that need a commit (`needs_commit`),
+    /// sorted by inode: found among the touched ones when they are known, else among
+    /// all.
     fn children_to_commit(&self, dir: Ino) -> Vec<Ino> {
         let Some(Node::Dir {
             state: DirState::Loaded {

@@ -97,8 +97,9 @@ fn packed_history_reads_back_and_is_smaller() {
         after * 2 < before,
         "packing 30 small edits: {before} -> {after} bytes"
     );
-    // Nothing new: a second pack rewrites nothing.
+    // Nothing new: a second pack rewrites nothing, and nothing is left to pack.
     assert_eq!(repo.pack().expect("pack again").rewritten, 0);
+    assert_eq!(repo.unpacked().expect("unpacked"), 0);
     check(&repo, &snaps);
     // A fresh process reads the packed values (no cache to lean on).
     let dir = repo.dir().to_path_buf();
