@@ -628,3 +628,53 @@ fn buffered_snapshots_are_whole_or_absent_and_a_sync_makes_them_durable() {
     );
     assert!(repo.fsck().expect("fsck").errors.is_empty());
 }
+
+/// A commit re-encodes only the changed pages of a large directory; when its write
+/// fails, what changed since the base is forgotten (the directory is encoded whole next
+/// time), so a retry after a further change in another page holds both changes.
+#[test]
+fn a_failed_commit_of_a_paged_directory_retried_after_another_change() {
+    use helios_snapshot::SetAttr;
+    for fault in [Fault::NoSpaceOnce, Fault::SyncFailsOnce] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = MemBackend::new();
+        {
+            let probe = Arc::new(FaultyBackend::new(inner.clone(), u64::MAX, fault));
+            let repo = open(dir.path(), probe);
+            let ws = repo
+                .create_workspace(None, false, Default::default())
+                .expect("create");
+            ws.mkdir_path("big").expect("mkdir");
+            for i in 0..300 {
+                ws.write_file(&format!("big/f{i:03}"), format!("file {i}").as_bytes())
+                    .expect("write");
+            }
+            ws.snapshot(None, Default::default()).expect("snapshot");
+        }
+        let faulty = Arc::new(FaultyBackend::new(inner.clone(), 0, fault));
+        let repo = open(dir.path(), faulty.clone());
+        let ws = repo
+            .open_workspace(helios_snapshot::WorkspaceId(1))
+            .expect("reopen workspace");
+        ws.write(ws.resolve("big/f010").expect("f010"), 0, b"first")
+            .expect("write");
+        ws.snapshot(None, Default::default())
+            .expect_err("the write fails once");
+        let set = SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        ws.setattr(ws.resolve("big/f290").expect("f290"), set)
+            .expect("chmod");
+        let s = ws.snapshot(None, Default::default()).expect("retry");
+        assert_eq!(s.metrics.changed_paths, 2, "{fault:?}");
+        let fork = repo
+            .create_workspace(Some(s.id), true, Default::default())
+            .expect("open the snapshot");
+        assert_eq!(
+            super::workspace::full_state(&fork),
+            super::workspace::full_state(&ws),
+            "{fault:?}"
+        );
+    }
+}

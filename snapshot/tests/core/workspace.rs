@@ -383,7 +383,7 @@ fn large_file_edit_stores_only_changed_chunks() {
 }
 
 /// Everything a snapshot keeps of each path: content, mode, owner, mtime, xattrs.
-type Full = Vec<(
+pub(super) type Full = Vec<(
     String,
     Option<Vec<u8>>,
     u32,
@@ -393,7 +393,7 @@ type Full = Vec<(
     Vec<(Vec<u8>, Vec<u8>)>,
 )>;
 
-fn full_state(ws: &helios_snapshot::Workspace) -> Full {
+pub(super) fn full_state(ws: &helios_snapshot::Workspace) -> Full {
     contents(ws)
         .into_iter()
         .map(|(path, data)| {
