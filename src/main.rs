@@ -82,6 +82,23 @@ enum Cmd {
         /// refused, checkouts switch it to another snapshot.
         #[arg(long)]
         read_only: bool,
+        /// Limit on the bytes of its files (e.g. 512M, 4G; fuse engine): past it, writes
+        /// get EDQUOT ("Disk quota exceeded").
+        #[arg(long, value_parser = parse_size)]
+        quota_bytes: Option<u64>,
+        /// Limit on its names (files, directories, symlinks; fuse engine).
+        #[arg(long)]
+        quota_inodes: Option<u64>,
+    },
+    /// Set a workspace's quota (both limits omitted: remove it).
+    Quota {
+        workspace: String,
+        /// Limit on the bytes of its files (e.g. 512M, 4G).
+        #[arg(long, value_parser = parse_size)]
+        bytes: Option<u64>,
+        /// Limit on its names.
+        #[arg(long)]
+        inodes: Option<u64>,
     },
     /// Snapshot a workspace (named by id or mountpoint).
     Snapshot {
@@ -254,9 +271,53 @@ fn snapshot_line(s: &Value) -> String {
     )
 }
 
+/// A size in bytes: a number, optionally with a binary suffix (K, M, G, T; `KiB`,
+/// `MB` and `k` read the same).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512M, 4G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn quota_part(w: &Value) -> String {
+    let q = &w["quota"];
+    if q.is_null() {
+        return String::new();
+    }
+    let u = &w["usage"];
+    let mut parts = Vec::new();
+    if let Some(b) = q["bytes"].as_u64() {
+        let used = u["bytes"].as_u64().map_or("?".into(), human_bytes);
+        parts.push(format!("{used}/{}", human_bytes(b)));
+    }
+    if let Some(n) = q["inodes"].as_u64() {
+        let used = u["inodes"].as_u64().map_or("?".into(), |v| v.to_string());
+        parts.push(format!("{used}/{n} inodes"));
+    }
+    format!("  quota {}", parts.join(", "))
+}
+
 fn workspace_line(w: &Value) -> String {
     format!(
-        "{}  {}  {}{}  base={}  {}",
+        "{}  {}  {}{}  base={}  {}{}",
         w["id"].as_str().unwrap_or("?"),
         w["mountpoint"].as_str().unwrap_or(""),
         w["engine"].as_str().unwrap_or(""),
@@ -271,6 +332,7 @@ fn workspace_line(w: &Value) -> String {
         } else {
             "clean"
         },
+        quota_part(w),
     )
 }
 
@@ -405,16 +467,33 @@ fn run(cli: Cli) -> Result<()> {
             from,
             engine,
             read_only,
+            quota_bytes,
+            quota_inodes,
         } => {
             let mp = absolute(&mountpoint)?;
             if !mp.exists() {
                 std::fs::create_dir_all(&mp).with_context(|| format!("create {}", mp.display()))?;
             }
             let mp = mp.canonicalize().unwrap_or(mp);
+            let mut body =
+                json!({"mountpoint": mp, "from": from, "engine": engine, "read_only": read_only});
+            if quota_bytes.is_some() || quota_inodes.is_some() {
+                body["quota"] = json!({"bytes": quota_bytes, "inodes": quota_inodes});
+            }
+            let v = c.call("POST", "/v1/workspaces", Some(body))?;
+            let h = workspace_line(&v);
+            (v, h)
+        }
+        Cmd::Quota {
+            workspace,
+            bytes,
+            inodes,
+        } => {
+            let id = workspace_id(&c, &workspace)?;
             let v = c.call(
-                "POST",
-                "/v1/workspaces",
-                Some(json!({"mountpoint": mp, "from": from, "engine": engine, "read_only": read_only})),
+                "PUT",
+                &format!("/v1/workspaces/{id}/quota"),
+                Some(json!({"bytes": bytes, "inodes": inodes})),
             )?;
             let h = workspace_line(&v);
             (v, h)
@@ -689,5 +768,18 @@ mod tests {
         assert_eq!(f.passthrough, Some(true));
         assert_eq!(f.journal_interval, Some(5.0));
         assert_eq!(f.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_bad_ones_are_refused() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        for bad in ["", "M", "12X", "-1", "1.5G", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} parsed");
+        }
     }
 }

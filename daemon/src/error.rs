@@ -68,6 +68,7 @@ impl From<Core> for ApiError {
             Core::NoCommonAncestor(..) => (StatusCode::CONFLICT, "no_common_ancestor"),
             Core::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
             Core::ReadOnly => (StatusCode::CONFLICT, "read_only"),
+            Core::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
             Core::InvalidName(_)
             | Core::NameTooLong(_)
             | Core::InvalidArgument(_)

@@ -21,6 +21,8 @@ pub struct Create {
     pub drop_on_unmount: bool,
     /// Mounted read-only (the fuse engine).
     pub read_only: bool,
+    /// Its limits (the fuse engine).
+    pub quota: Option<helios_snapshot::Quota>,
 }
 
 /// A mounted workspace, whatever engine serves it.
@@ -141,14 +143,15 @@ impl Daemon {
     fn out(&self, id: WorkspaceId) -> ApiResult<WorkspaceOut> {
         let rec = self.repo.workspace_record(id)?;
         let mounted = self.mounts.lock().get(&id).cloned();
-        let (dirty, base, passthrough, lower) = match &mounted {
+        let (dirty, base, passthrough, lower, usage) = match &mounted {
             Some(m) => (
                 m.mount.dirty(),
                 m.mount.base(),
                 m.mount.capabilities().passthrough,
                 m.mount.lower(),
+                m.mount.quota().map(|(_, u)| u),
             ),
-            None => (rec.head.is_some(), rec.base, false, None),
+            None => (rec.head.is_some(), rec.base, false, None, None),
         };
         Ok(WorkspaceOut {
             id: id.to_string(),
@@ -169,7 +172,28 @@ impl Daemon {
             read_only: rec.read_only,
             passthrough,
             lower: lower.map(str::to_string),
+            quota: rec.quota,
+            usage,
         })
+    }
+
+    /// Sets (or removes) a workspace's quota.
+    pub fn set_quota(
+        &self,
+        id: WorkspaceId,
+        quota: Option<helios_snapshot::Quota>,
+    ) -> ApiResult<WorkspaceOut> {
+        let mounted = self.mounts.lock().get(&id).cloned();
+        match mounted {
+            Some(m) => {
+                m.mount.set_quota(quota)?;
+            }
+            None => {
+                self.unmounted_fuse(id)?;
+                self.repo.open_workspace(id)?.set_quota(quota)?;
+            }
+        }
+        self.out(id)
     }
 
     /// The FUSE requests a mounted workspace served, by opcode.
@@ -271,15 +295,32 @@ impl Daemon {
         let Create {
             drop_on_unmount,
             read_only,
+            quota,
         } = how;
-        let (engine, reason) = match (read_only, engine) {
-            (true, EngineChoice::Exactly(Engine::Overlay)) => {
+        let quota = quota.filter(|q| !q.is_unlimited());
+        let (engine, reason) = match (read_only, quota.is_some(), engine) {
+            (true, true, _) => {
+                return Err(ApiError::bad_request(
+                    "a read-only workspace cannot grow: it takes no quota",
+                ));
+            }
+            (_, true, EngineChoice::Exactly(Engine::Overlay)) => {
+                return Err(ApiError::bad_request(
+                    "quotas are kept by the fuse engine (the overlay engine's writes go \
+                     straight to disk); ask for fuse or auto",
+                ));
+            }
+            (_, true, _) => (
+                Engine::Fuse,
+                "quota: the fuse engine (it can refuse a write; overlayfs cannot)".to_string(),
+            ),
+            (true, false, EngineChoice::Exactly(Engine::Overlay)) => {
                 return Err(ApiError::bad_request(
                     "read-only workspaces are served by the fuse engine; ask for fuse or auto",
                 ));
             }
-            (true, _) => (Engine::Fuse, "read-only: the fuse engine".to_string()),
-            (false, choice) => self
+            (true, false, _) => (Engine::Fuse, "read-only: the fuse engine".to_string()),
+            (false, false, choice) => self
                 .engines
                 .resolve(choice)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
@@ -289,10 +330,11 @@ impl Daemon {
         let start = Instant::now();
         let id = self
             .repo
-            .create_workspace(
+            .create_workspace_with(
                 from,
                 read_only,
                 props(&path, engine, &reason, drop_on_unmount),
+                quota,
             )?
             .id();
         match self.mount(engine, id, &path, drop_on_unmount) {

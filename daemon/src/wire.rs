@@ -93,6 +93,12 @@ pub struct WorkspaceOut {
     /// read-only FUSE view of the snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower: Option<String>,
+    /// Its limits, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<helios_snapshot::Quota>,
+    /// What it holds against its quota (known while it has one and is mounted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<helios_snapshot::Usage>,
 }
 
 /// What `POST /v1/snapshots/{id}/warm` did.
@@ -209,6 +215,21 @@ pub struct CreateWorkspaceIn {
     /// refused, checkouts switch it to another snapshot.
     #[serde(default)]
     pub read_only: bool,
+    /// Limits on bytes and names (the fuse engine): past one, changes get EDQUOT.
+    #[serde(default)]
+    pub quota: Option<helios_snapshot::Quota>,
+}
+
+/// `PUT /v1/workspaces/{id}/quota`: the new limits (an empty object removes them).
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaIn {
+    /// Bytes of regular files, counted once per name.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    /// Names (files, directories, symlinks, special files), once per name.
+    #[serde(default)]
+    pub inodes: Option<u64>,
 }
 
 /// `POST /v1/workspaces/{id}/snapshot`.

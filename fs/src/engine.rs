@@ -10,7 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use helios_snapshot::{Repo, Snapshot, SnapshotId, SnapshotRequest, WorkspaceId};
+use helios_snapshot::{Quota, Repo, Snapshot, SnapshotId, SnapshotRequest, Usage, WorkspaceId};
 
 use crate::mount::{Mount, MountOptions};
 use crate::overlay::{self, Lowers, OverlayWorkspace};
@@ -247,6 +247,19 @@ pub trait MountedWorkspace: Send + Sync + std::fmt::Debug {
     fn requests(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Its quota and what it holds against it, for an engine that keeps quotas (fuse).
+    fn quota(&self) -> Option<(Quota, Usage)> {
+        None
+    }
+    /// Sets (or with `None` removes) its quota and returns its usage; engines that
+    /// keep none refuse.
+    fn set_quota(&self, _quota: Option<Quota>) -> Result<Option<Usage>> {
+        Err(Error::Unsupported(format!(
+            "the {} engine keeps no quotas (the kernel writes its files directly); \
+             mount the workspace with the fuse engine",
+            self.engine().name()
+        )))
+    }
     /// The snapshot it stands on.
     fn base(&self) -> Option<SnapshotId>;
     /// True when its content differs from its base.
@@ -290,6 +303,15 @@ impl MountedWorkspace for Mount {
 
     fn base(&self) -> Option<SnapshotId> {
         self.workspace().base()
+    }
+
+    fn quota(&self) -> Option<(Quota, Usage)> {
+        let ws = self.workspace();
+        ws.quota().zip(ws.usage())
+    }
+
+    fn set_quota(&self, quota: Option<Quota>) -> Result<Option<Usage>> {
+        Ok(self.workspace().set_quota(quota)?)
     }
 
     fn dirty(&self) -> bool {

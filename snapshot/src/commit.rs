@@ -33,6 +33,13 @@ pub(crate) trait ChangeSource {
     /// Stages what lands together with the commit (a workspace's moved record).
     fn stage(&mut self, _landed: &Landed, _batch: &mut Batch) {}
 
+    /// The batch is staged: release what need not be held across its write (a
+    /// workspace's lock, so that its traffic goes on while the log syncs).
+    fn before_write(&mut self) {}
+
+    /// The write returned, either way: take back what `before_write` released.
+    fn after_write(&mut self) {}
+
     /// The batch landed: what `build` marked is now committed.
     fn landed(&mut self, _landed: &Landed) {}
 
@@ -152,7 +159,10 @@ pub(crate) fn land(
         snapshot,
     };
     source.stage(&landed, &mut batch);
-    if let Err(e) = w.commit_with(batch, durability) {
+    source.before_write();
+    let written = w.commit_with(batch, durability);
+    source.after_write();
+    if let Err(e) = written {
         source.failed();
         return Err(e);
     }

@@ -73,6 +73,14 @@ pub enum Error {
     /// The workspace is read-only (EROFS).
     #[error("workspace is read-only")]
     ReadOnly,
+    /// The change would take the workspace past its quota (EDQUOT).
+    #[error("workspace {workspace} quota exceeded: {what}")]
+    QuotaExceeded {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Which limit, with the usage and the limit.
+        what: String,
+    },
     /// A stored object does not match its hash or cannot be decoded.
     #[error("object {hash} is corrupt: {reason}")]
     Corrupt {
@@ -167,6 +175,7 @@ impl Error {
             | Error::Conflict(_)
             | Error::NoCommonAncestor(..) => libc::EBUSY,
             Error::ReadOnly => libc::EROFS,
+            Error::QuotaExceeded { .. } => libc::EDQUOT,
             Error::PathNotAllowed { .. } => libc::EPERM,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::Corrupt { .. }

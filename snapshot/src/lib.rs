@@ -39,6 +39,6 @@ pub use repo::{DEFAULT_CACHE_BYTES, Repo, Stats};
 pub use snapshot::{Metrics, Snapshot, SnapshotRequest};
 pub use store::Durability;
 pub use workspace::{
-    DirEntry, Invalidation, Kind, RenameMode, SetAttr, SetTime, Stat, Workspace, WorkspaceRecord,
-    XATTR_VALUE_MAX, XattrMode,
+    DirEntry, Invalidation, Kind, Quota, RenameMode, SetAttr, SetTime, Stat, Usage, Workspace,
+    WorkspaceRecord, XATTR_VALUE_MAX, XattrMode,
 };

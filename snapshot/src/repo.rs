@@ -16,7 +16,7 @@ use crate::ids::{SnapshotId, WorkspaceId};
 use crate::snapshot::{self, Snapshot};
 use crate::store::rocks::RocksBackend;
 use crate::store::{Backend, Batch, Cf, Durability, Store};
-use crate::tree::{self, Content, DirNode, TreeRef};
+use crate::tree::{self, Content, DirNode, EntryKind, TreeRef};
 use crate::workspace::{Workspace, WorkspaceRecord};
 
 const META_NEXT_SNAPSHOT: &[u8] = b"next_snapshot";
@@ -30,6 +30,10 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     /// Decoded directory nodes, so loads and commits do not decode the same node again.
     nodes: quick_cache::sync::Cache<Hash, Arc<DirNode>, NodeWeight>,
+    /// Names below a directory node (for quotas), by node: a tree shares most of its
+    /// directories with its parent snapshot's, so counting a new one walks only the
+    /// directories that changed.
+    names: quick_cache::sync::Cache<Hash, u64>,
     pub(crate) dir: PathBuf,
     /// Commits hold it shared; gc holds it exclusively, so it never sweeps objects that
     /// a commit in flight has staged but not yet referenced.
@@ -57,6 +61,9 @@ impl quick_cache::Weighter<Hash, Arc<DirNode>> for NodeWeight {
     }
 }
 
+/// Directory nodes whose name count `count_names` keeps.
+const NAMES_CACHED: usize = 1 << 18;
+
 /// Byte budget of the decoded-node cache.
 const NODE_CACHE_BYTES: u64 = 64 << 20;
 
@@ -68,6 +75,23 @@ impl Shared {
         }
         let n = Arc::new(DirNode::load(&self.store, hash)?);
         self.nodes.insert(*hash, n.clone());
+        Ok(n)
+    }
+
+    /// The names below directory node `node` (every entry of every directory, once per
+    /// name), memoized by node.
+    pub(crate) fn count_names(&self, node: &Hash) -> Result<u64> {
+        if let Some(n) = self.names.get(node) {
+            return Ok(n);
+        }
+        let dir = self.node(node)?;
+        let mut n = dir.entries.len() as u64;
+        for (_, e) in &dir.entries {
+            if let EntryKind::Dir { node, .. } = e {
+                n += self.count_names(node)?;
+            }
+        }
+        self.names.insert(*node, n);
         Ok(n)
     }
 
@@ -278,6 +302,7 @@ impl Repo {
         let shared = Arc::new(Shared {
             store,
             nodes: quick_cache::sync::Cache::with_weighter(16_384, NODE_CACHE_BYTES, NodeWeight),
+            names: quick_cache::sync::Cache::new(NAMES_CACHED),
             dir: dir.to_path_buf(),
             gc_lock: RwLock::new(()),
             next_snapshot: AtomicU64::new(next_snapshot),
@@ -526,6 +551,18 @@ impl Repo {
         read_only: bool,
         props: serde_json::Value,
     ) -> Result<Arc<Workspace>> {
+        self.create_workspace_with(from, read_only, props, None)
+    }
+
+    /// `create_workspace` with a quota (measured at once: O(1) with the snapshot's name
+    /// count memoized, else a walk of its directories not counted before).
+    pub fn create_workspace_with(
+        &self,
+        from: Option<SnapshotId>,
+        read_only: bool,
+        props: serde_json::Value,
+        quota: Option<crate::workspace::Quota>,
+    ) -> Result<Arc<Workspace>> {
         let start = self.tree_of(from)?;
         let id = self.shared.alloc_workspace_id();
         let rec = WorkspaceRecord {
@@ -536,6 +573,7 @@ impl Repo {
             read_only,
             lower: None,
             props,
+            quota: quota.filter(|q| !q.is_unlimited()),
         };
         let ws = Arc::new(Workspace::from_record(self.shared.clone(), &rec, start)?);
         let mut b = Batch::new();
@@ -580,6 +618,7 @@ impl Repo {
             read_only: true,
             lower: None,
             props: serde_json::Value::Null,
+            quota: None,
         };
         Ok(Arc::new(Workspace::from_record(
             self.shared.clone(),

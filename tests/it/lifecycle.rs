@@ -172,3 +172,91 @@ fn read_only_mounts_of_a_snapshot() {
     assert!(!is_mounted(&other));
     d.ok(&["unmount", mps]);
 }
+
+/// Issue 8, item 6: a quota set through `helios mount` and `helios quota` (the API's
+/// `quota` field and `PUT /v1/workspaces/{id}/quota`): writes past it get EDQUOT, the
+/// workspace resource shows limit and usage, the overlay engine refuses one clearly, and
+/// malformed limits are refused.
+#[test]
+fn quotas_through_the_cli_and_the_api() {
+    let mut d = Daemon::start();
+    let mp = d.path("q");
+    fs::create_dir(&mp).expect("mkdir");
+    let mps = mp.to_str().expect("utf8");
+    let ws = d.json(&["mount", mps, "--quota-bytes", "64K", "--quota-inodes", "4"]);
+    assert_eq!(ws["engine"], "fuse", "{ws}");
+    assert!(
+        ws["engine_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("quota"),
+        "{ws}"
+    );
+    assert_eq!(ws["quota"]["bytes"], 65536, "{ws}");
+    assert_eq!(ws["quota"]["inodes"], 4, "{ws}");
+    assert_eq!(ws["usage"]["bytes"], 0, "{ws}");
+    let id = ws["id"].as_str().expect("id").to_string();
+
+    fs::write(mp.join("a"), vec![1u8; 60 << 10]).expect("within the quota");
+    let e = fs::write(mp.join("b"), vec![2u8; 8 << 10]).expect_err("past the quota");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    let (code, got) = d.http("GET", &format!("/v1/workspaces/{id}"), None);
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["usage"]["bytes"], 60 << 10, "{got}");
+    assert_eq!(got["usage"]["inodes"], 2, "{got}");
+    assert!(d.ok(&["ls"]).contains("quota"), "the list shows it");
+
+    // Raised: the write fits; the quota survives a restart of the daemon.
+    let ws = d.json(&["quota", mps, "--bytes", "1M"]);
+    assert_eq!(ws["quota"]["bytes"], 1 << 20, "{ws}");
+    assert!(ws["quota"].get("inodes").is_none(), "{ws}");
+    fs::write(mp.join("b"), vec![2u8; 8 << 10]).expect("fits now");
+    d.stop();
+    d.spawn();
+    let (_, got) = d.http("GET", &format!("/v1/workspaces/{id}"), None);
+    assert_eq!(got["quota"]["bytes"], 1 << 20, "{got}");
+    assert_eq!(got["usage"]["bytes"], 68 << 10, "{got}");
+    let e = fs::write(mp.join("c"), vec![3u8; 1 << 20]).expect_err("past the quota");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+
+    // Bad limits and the overlay engine are refused with a clear error.
+    let (code, out) = d.http(
+        "PUT",
+        &format!("/v1/workspaces/{id}/quota"),
+        Some(r#"{"bytes": "lots"}"#),
+    );
+    assert_eq!(code, 400, "{out}");
+    let (code, out) = d.http(
+        "PUT",
+        &format!("/v1/workspaces/{id}/quota"),
+        Some(r#"{"files": 3}"#),
+    );
+    assert_eq!(code, 400, "{out}");
+    let other = d.path("q2");
+    fs::create_dir(&other).expect("mkdir");
+    let body = format!(
+        "{{\"mountpoint\": {:?}, \"engine\": \"overlay\", \"quota\": {{\"bytes\": 1000}}}}",
+        other.to_str().expect("utf8")
+    );
+    let (code, out) = d.http("POST", "/v1/workspaces", Some(&body));
+    assert_eq!(code, 400, "{out}");
+    assert!(out.to_string().contains("fuse"), "{out}");
+    assert!(!is_mounted(&other));
+    let bad = d.cli(&[
+        "mount",
+        other.to_str().expect("utf8"),
+        "--quota-bytes",
+        "12X",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unit"),
+        "{bad:?}"
+    );
+
+    // Removed: no limit, no usage shown.
+    let ws = d.json(&["quota", mps]);
+    assert!(ws.get("quota").is_none(), "{ws}");
+    fs::write(mp.join("c"), vec![3u8; 1 << 20]).expect("unlimited");
+    d.ok(&["unmount", mps]);
+}

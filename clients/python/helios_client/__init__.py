@@ -79,7 +79,8 @@ class NoSpace(HeliosError):
     """507 ``no_space``: the store's disk is full."""
 
 
-_BY_CODE = {"dirty": Dirty, "in_use": InUse, "no_space": NoSpace, "not_found": NotFound,
+_BY_CODE = {"dirty": Dirty, "in_use": InUse, "no_space": NoSpace, "quota_exceeded": NoSpace,
+            "not_found": NotFound,
             "bad_request": BadRequest, "no_common_ancestor": NoCommonAncestor}
 
 
@@ -257,15 +258,27 @@ class Client:
     # ---- workspaces ----
 
     def create_workspace(self, mountpoint: str, from_snapshot: Optional[str] = None,
-                         engine: Optional[str] = None) -> Json:
+                         engine: Optional[str] = None, quota_bytes: Optional[int] = None,
+                         quota_inodes: Optional[int] = None) -> Json:
         """Forks ``from_snapshot`` (or an empty tree) and mounts it at ``mountpoint`` (an
-        existing empty directory). ``engine``: ``auto`` (default), ``fuse`` or ``overlay``."""
+        existing empty directory). ``engine``: ``auto`` (default), ``fuse`` or ``overlay``.
+        ``quota_bytes`` / ``quota_inodes``: limits (fuse engine); past one, writes in the
+        workspace get EDQUOT."""
         body: Json = {"mountpoint": os.path.abspath(mountpoint)}
         if from_snapshot is not None:
             body["from"] = from_snapshot
         if engine is not None:
             body["engine"] = engine
+        if quota_bytes is not None or quota_inodes is not None:
+            body["quota"] = {"bytes": quota_bytes, "inodes": quota_inodes}
         return self.request("POST", "/v1/workspaces", body)
+
+    def set_quota(self, workspace: str, bytes: Optional[int] = None,
+                  inodes: Optional[int] = None) -> Json:
+        """Sets a workspace's limits (both ``None``: removes them); returns the workspace,
+        with its ``quota`` and ``usage``."""
+        return self.request("PUT", f"/v1/workspaces/{workspace}/quota",
+                            {"bytes": bytes, "inodes": inodes})
 
     def workspaces(self) -> List[Json]:
         return self.request("GET", "/v1/workspaces")

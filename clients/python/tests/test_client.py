@@ -3,6 +3,7 @@ every endpoint, errors as typed exceptions with the API's code, and the MCTS exa
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -90,6 +91,16 @@ class DaemonTest(unittest.TestCase):
             self.assertIn(s2["id"], [s["id"] for s in h.snapshots(parent=s1["id"])])
             h.delete_workspace(ws["id"])
             self.assertEqual(h.delete_snapshot(s2["id"]), [s2["id"]])
+        mp = self.path("ws-quota")
+        ws = h.create_workspace(mp, from_snapshot=s1["id"], quota_bytes=1024, quota_inodes=8)
+        self.assertEqual(ws["quota"], {"bytes": 1024, "inodes": 8})
+        self.assertEqual(ws["usage"], {"bytes": 3, "inodes": 1})
+        with self.assertRaises(OSError) as e:
+            with open(os.path.join(mp, "big"), "wb") as f:
+                f.write(b"x" * 2048)
+        self.assertEqual(e.exception.errno, errno.EDQUOT)
+        self.assertNotIn("quota", h.set_quota(ws["id"]))
+        h.delete_workspace(ws["id"])
         self.assertGreaterEqual(h.stats()["snapshots"], 1)
         self.assertIn("helios_", h.metrics())
         self.assertEqual(h.fsck()["errors"], [])

@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Req
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::Daemon;
@@ -245,6 +245,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/workspaces/{id}/snapshot", post(workspaces::snapshot))
         .route("/v1/workspaces/{id}/checkout", post(workspaces::checkout))
         .route("/v1/workspaces/{id}/requests", get(workspaces::requests))
+        .route("/v1/workspaces/{id}/quota", put(workspaces::set_quota))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

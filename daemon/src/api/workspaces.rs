@@ -9,7 +9,7 @@ use helios_snapshot::{SnapshotId, WorkspaceId};
 use super::{ApiJson, ApiPath, AppState, blocking, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::state::Create;
-use crate::wire::{CheckoutIn, CreateWorkspaceIn, SnapshotIn, SnapshotOut, WorkspaceOut};
+use crate::wire::{CheckoutIn, CreateWorkspaceIn, QuotaIn, SnapshotIn, SnapshotOut, WorkspaceOut};
 
 /// `POST /v1/workspaces`.
 pub async fn create(
@@ -32,6 +32,7 @@ pub async fn create(
             Create {
                 drop_on_unmount: body.drop_on_unmount,
                 read_only: body.read_only,
+                quota: body.quota,
             },
         )
     })
@@ -93,6 +94,21 @@ pub async fn checkout(
     Ok(Json(
         blocking(move || d.checkout(id, snap, body.discard)).await?,
     ))
+}
+
+/// `PUT /v1/workspaces/{id}/quota`: sets its limits (`{}` removes them).
+pub async fn set_quota(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<QuotaIn>,
+) -> ApiResult<Json<WorkspaceOut>> {
+    let id: WorkspaceId = parse_id(&id)?;
+    let quota = helios_snapshot::Quota {
+        bytes: body.bytes,
+        inodes: body.inodes,
+    };
+    let d = app.daemon.clone();
+    Ok(Json(blocking(move || d.set_quota(id, Some(quota))).await?))
 }
 
 /// `DELETE /v1/workspaces/{id}`: unmount and drop.

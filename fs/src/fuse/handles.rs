@@ -178,7 +178,9 @@ impl Inner {
                 .ws
                 .mode_and_group(ino)
                 .is_ok_and(|(mode, _)| mode & 0o6000 != 0);
-        self.register(ino, file, write, opener, !setid, register)
+        // Writes of a workspace with a quota are served here, where they can be refused.
+        let quota = write && self.ws.has_quota();
+        self.register(ino, file, write, opener, !setid && !quota, register)
     }
 
     /// Clears a file's set-id bits as an unprivileged write or truncate by a process of

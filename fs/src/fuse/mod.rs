@@ -419,6 +419,9 @@ impl Filesystem for HeliosFs {
         else {
             return reply.error(Errno::EBADF);
         };
+        if let Err(e) = self.0.ws.reserve(ino(i), offset + data.len() as u64) {
+            return reply.error(errno("write", &e));
+        }
         if let Err(e) = file.write_all_at(data, offset) {
             return reply.error(io_errno("write", &e));
         }
@@ -644,16 +647,36 @@ impl Filesystem for HeliosFs {
                 .unwrap_or_default()
         };
         match nix::sys::statvfs::statvfs(&dir) {
-            Ok(s) => reply.statfs(
-                s.blocks(),
-                s.blocks_free(),
-                s.blocks_available(),
-                s.files(),
-                s.files_free(),
-                s.fragment_size() as u32,
-                255,
-                s.fragment_size() as u32,
-            ),
+            Ok(s) => {
+                let frsize = s.fragment_size().max(1);
+                let (mut blocks, mut bfree, mut bavail) =
+                    (s.blocks(), s.blocks_free(), s.blocks_available());
+                let (mut files, mut ffree) = (s.files(), s.files_free());
+                // A quota shows as the size of the filesystem, as on a disk of that size
+                // (capped by what the host has left).
+                if let (Some(q), Some(u)) = (self.0.ws.quota(), self.0.ws.usage()) {
+                    if let Some(limit) = q.bytes {
+                        let left = limit.saturating_sub(u.bytes) / frsize;
+                        blocks = limit / frsize;
+                        bfree = left.min(bfree);
+                        bavail = left.min(bavail);
+                    }
+                    if let Some(limit) = q.inodes {
+                        files = limit;
+                        ffree = limit.saturating_sub(u.inodes).min(ffree);
+                    }
+                }
+                reply.statfs(
+                    blocks,
+                    bfree,
+                    bavail,
+                    files,
+                    ffree,
+                    frsize as u32,
+                    255,
+                    frsize as u32,
+                )
+            }
             Err(e) => reply.error(Errno::from_i32(e as i32)),
         }
     }
@@ -759,7 +782,8 @@ impl Filesystem for HeliosFs {
                 Err(e) => return reply.error(errno("create", &e)),
             };
         // The new file is empty, counted as changed and as open: register it as it is.
-        let passthrough = st.mode & 0o6000 == 0;
+        // Writes of a workspace with a quota are served here, where they can be refused.
+        let passthrough = st.mode & 0o6000 == 0 && !self.0.ws.has_quota();
         match self
             .0
             .register(st.ino, file, true, req.pid(), passthrough, |f| {
@@ -815,6 +839,11 @@ impl Filesystem for HeliosFs {
             return reply.error(Errno::EBADF);
         };
         let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
+        if !flags.contains(nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE)
+            && let Err(e) = self.0.ws.reserve(ino(i), offset.saturating_add(length))
+        {
+            return reply.error(errno("fallocate", &e));
+        }
         if let Err(e) = nix::fcntl::fallocate(file.as_fd(), flags, offset as i64, length as i64) {
             return reply.error(Errno::from_i32(e as i32));
         }
@@ -884,6 +913,13 @@ impl Filesystem for HeliosFs {
         else {
             return reply.error(Errno::EBADF);
         };
+        if let Err(e) = self
+            .0
+            .ws
+            .reserve(ino(ino_out), offset_out.saturating_add(len))
+        {
+            return reply.error(errno("copy_file_range", &e));
+        }
         let mut off_in = offset_in as i64;
         let mut off_out = offset_out as i64;
         let n = match nix::fcntl::copy_file_range(

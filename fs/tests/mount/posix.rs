@@ -541,3 +541,86 @@ fn writers_served_here_cost_no_flush_and_every_write_counts() {
     assert_eq!(view.read_file("f19").expect("read"), b"v19");
     assert_eq!(flushes(), 0, "{:?}", fx.mount().requests());
 }
+
+/// Issue 8, item 6: a workspace with a quota refuses writes, truncates, creates, links
+/// and fallocates past it with EDQUOT through the mount (writers are served here, not
+/// passed through), `df` shows the limit, and removing a file makes room again.
+#[test]
+fn a_quota_gives_edquot_and_df_shows_it() {
+    use helios_snapshot::Quota;
+    let fx = Fixture::new();
+    fs::write(fx.p("before"), [1u8; 4096]).expect("write");
+    let limit = 1u64 << 20;
+    fx.ws()
+        .set_quota(Some(Quota {
+            bytes: Some(limit),
+            inodes: Some(10),
+        }))
+        .expect("set quota");
+    // df: the limit is the filesystem's size, the usage what is gone from it.
+    let s = nix::sys::statvfs::statvfs(&fx.path).expect("statvfs");
+    let frsize = s.fragment_size();
+    assert_eq!(s.blocks() * frsize, limit / frsize * frsize);
+    assert_eq!(s.blocks_available(), (limit - 4096) / frsize);
+    assert_eq!(s.files(), 10);
+    assert_eq!(s.files_free(), 9);
+
+    let mut f = File::create(fx.p("big")).expect("create");
+    f.write_all(&vec![2u8; (limit - 4096 - 10) as usize])
+        .expect("write up to the limit");
+    assert_eq!(errno(f.write_all(&[3u8; 11])), libc::EDQUOT);
+    let mut before = OpenOptions::new()
+        .append(true)
+        .open(fx.p("before"))
+        .expect("open");
+    assert_eq!(errno(before.write_all(&[3u8; 11])), libc::EDQUOT);
+    drop(before);
+    assert_eq!(errno(f.set_len(limit)), libc::EDQUOT);
+    assert_eq!(
+        errno(
+            nix::fcntl::fallocate(
+                f.as_fd(),
+                nix::fcntl::FallocateFlags::empty(),
+                0,
+                limit as i64
+            )
+            .map_err(std::io::Error::from)
+        ),
+        libc::EDQUOT
+    );
+    // What was refused left nothing behind.
+    assert_eq!(
+        fs::metadata(fx.p("big")).expect("stat").len(),
+        limit - 4096 - 10
+    );
+    f.write_all(&[4u8; 10]).expect("the last 10 bytes fit");
+    assert_eq!(
+        errno(fs::hard_link(fx.p("big"), fx.p("big2"))),
+        libc::EDQUOT
+    );
+
+    // Names: 2 used, 8 more fit.
+    for i in 0..8 {
+        File::create(fx.p(&format!("e{i}"))).expect("create within the limit");
+    }
+    assert_eq!(errno(File::create(fx.p("e8"))), libc::EDQUOT);
+    assert_eq!(errno(fs::create_dir(fx.p("dir"))), libc::EDQUOT);
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("big", fx.p("link"))),
+        libc::EDQUOT
+    );
+    assert!(!fx.p("e8").exists());
+
+    // Room again once a file is gone.
+    drop(f);
+    fs::remove_file(fx.p("big")).expect("rm");
+    fs::write(fx.p("e8"), [5u8; 8192]).expect("room again");
+    let ws = fx.ws().usage().expect("usage");
+    assert_eq!(ws.inodes, 10);
+    assert_eq!(ws.bytes, 4096 + 8192);
+    let s = fx
+        .mount()
+        .snapshot(None, Default::default())
+        .expect("snapshot");
+    assert_eq!(s.bytes, 4096 + 8192);
+}

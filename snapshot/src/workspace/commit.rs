@@ -2,26 +2,50 @@
 //! checkout. A commit encodes only dirty directories and hashes only written files;
 //! a failed write restores every mark it made.
 
+use parking_lot::RwLockWriteGuard;
+
 use super::*;
 use crate::commit::{self, Built, ChangeSource, Landed, Landing};
 
 /// The inode table as a source of changes: it re-encodes dirty directories and hashes
 /// written files; landing moves the workspace onto the new snapshot (or records the tree
-/// as its `head`) and empties its journal in the same batch.
+/// as its `head`) and empties its journal in the same batch. The workspace lock is held
+/// while the tree is built and the batch staged, and released across the write: changes
+/// made meanwhile are marks on top of the tree being written (and survive its failure,
+/// which restores the commit's marks only).
 struct TableSource<'a> {
     ws: &'a Workspace,
-    st: &'a mut State,
+    /// The workspace lock; `None` while the batch is written.
+    st: Option<RwLockWriteGuard<'a, State>>,
     cleaned: Vec<Cleaned>,
+    /// The journal marks the staged batch settles (given back if it fails).
+    jdirty: FxHashSet<Ino>,
+}
+
+impl<'a> TableSource<'a> {
+    fn new(ws: &'a Workspace, st: RwLockWriteGuard<'a, State>) -> TableSource<'a> {
+        TableSource {
+            ws,
+            st: Some(st),
+            cleaned: Vec::new(),
+            jdirty: FxHashSet::default(),
+        }
+    }
+}
+
+/// The lock of a source, held outside its write.
+fn held<'s>(st: &'s mut Option<RwLockWriteGuard<'_, State>>) -> &'s mut State {
+    st.as_mut()
+        .expect("the workspace lock is held outside the write")
 }
 
 impl ChangeSource for TableSource<'_> {
     fn build(&mut self, w: &mut ObjectWriter<'_>) -> Result<Built> {
+        let st = held(&mut self.st);
         let mut changed = 0;
-        let tree = self
-            .st
-            .commit_dir(self.ws, Ino::ROOT, w, &mut changed, &mut self.cleaned);
+        let tree = st.commit_dir(self.ws, Ino::ROOT, w, &mut changed, &mut self.cleaned);
         // Results the commit did not use (files gone meanwhile) must not outlive it.
-        self.st.prehashed.clear();
+        st.prehashed.clear();
         Ok(Built {
             tree: tree?,
             changed_paths: changed,
@@ -29,15 +53,16 @@ impl ChangeSource for TableSource<'_> {
     }
 
     fn stage(&mut self, landed: &Landed, batch: &mut Batch) {
+        let st = held(&mut self.st);
         let rec = match &landed.snapshot {
             Some(s) => WorkspaceRecord {
                 base: Some(s.id),
                 base_root: s.root,
-                ..self.ws.make_record(self.st, None)
+                ..self.ws.make_record(st, None)
             },
             None => {
-                let head = (landed.tree.fp != self.st.base_root).then_some(landed.tree);
-                self.ws.make_record(self.st, head)
+                let head = (landed.tree.fp != st.base_root).then_some(landed.tree);
+                self.ws.make_record(st, head)
             }
         };
         batch.put(
@@ -45,21 +70,34 @@ impl ChangeSource for TableSource<'_> {
             self.ws.id.key(),
             snapshot::encode_record(&rec),
         );
-        self.st.stage_journal_clear(self.ws.id, batch);
+        st.stage_journal_clear(self.ws.id, batch);
+        // What changes from here on is marked anew, for the journal over the new tree.
+        self.jdirty = std::mem::take(&mut st.jdirty);
+    }
+
+    fn before_write(&mut self) {
+        self.st = None;
+    }
+
+    fn after_write(&mut self) {
+        self.st = Some(self.ws.state.write());
     }
 
     fn landed(&mut self, landed: &Landed) {
+        let st = held(&mut self.st);
         if let Some(s) = &landed.snapshot {
-            self.st.base = Some(s.id);
-            self.st.base_root = s.root;
+            st.base = Some(s.id);
+            st.base_root = s.root;
         }
-        self.st.journal_cleared();
-        self.ws.remove_dead_files(self.st);
+        st.journal_landed();
+        self.ws.remove_dead_files(st);
     }
 
     fn failed(&mut self) {
-        self.st.prehashed.clear();
-        self.st.uncommit(&self.cleaned);
+        let st = held(&mut self.st);
+        st.prehashed.clear();
+        st.uncommit(&self.cleaned);
+        st.jdirty.extend(self.jdirty.drain());
     }
 }
 
@@ -86,13 +124,9 @@ impl Workspace {
         let start = Instant::now();
         let mut w = self.shared.store.writer();
         self.prehash(&mut w)?;
-        let mut st = self.state.write();
+        let st = self.state.write();
         let parent = st.base;
-        let mut source = TableSource {
-            ws: self,
-            st: &mut st,
-            cleaned: Vec::new(),
-        };
+        let mut source = TableSource::new(self, st);
         let landing = Landing::snapshot(parent, None, req, start);
         commit::land(&self.shared, &mut source, w, landing)?.into_snapshot()
     }
@@ -137,6 +171,14 @@ impl Workspace {
         if st.is_dirty() && !discard {
             return Err(Error::Dirty(self.id));
         }
+        // Measured before anything moves: the root is the snapshot's, unloaded.
+        let usage = match st.quota {
+            Some(_) => Some(Usage {
+                bytes: snap.bytes,
+                inodes: self.shared.count_names(&snap.tree)?,
+            }),
+            None => None,
+        };
         let old = (st.base, st.base_root);
         st.base = Some(id);
         st.base_root = snap.root;
@@ -160,6 +202,9 @@ impl Workspace {
         }
         st.journal_cleared();
         self.remove_dead_files(&mut st);
+        if let Some(u) = usage {
+            st.usage = u;
+        }
         let invalidation = st.known_entries(&self.shared, &snap.tree);
         st.generation += 1;
         let generation = st.generation;
@@ -183,13 +228,9 @@ impl Workspace {
         }
         let _sync = self.sync_lock.lock();
         let _gc = self.shared.gc_lock.read();
-        let mut st = self.state.write();
+        let st = self.state.write();
         let w = self.shared.store.writer();
-        let mut source = TableSource {
-            ws: self,
-            st: &mut st,
-            cleaned: Vec::new(),
-        };
+        let mut source = TableSource::new(self, st);
         commit::land(&self.shared, &mut source, w, Landing::Tree)?;
         Ok(())
     }

@@ -88,10 +88,17 @@ impl State {
         }
     }
 
-    /// The batch from `stage_journal_clear` landed.
+    /// The batch from `stage_journal_clear` landed, with every change marked before it
+    /// was staged.
     pub(super) fn journal_cleared(&mut self) {
-        self.journaled.clear();
         self.jdirty.clear();
+        self.journal_landed();
+    }
+
+    /// The batch from `stage_journal_clear` landed; the marks made since it was staged
+    /// (`jdirty`, taken by the stager) are changes over what it wrote, and stay.
+    pub(super) fn journal_landed(&mut self) {
+        self.journaled.clear();
         self.release_held();
     }
 

@@ -52,6 +52,7 @@ mod load;
 mod ops;
 mod own;
 mod paths;
+mod quota;
 mod types;
 
 use commit::Prehashed;
@@ -60,8 +61,8 @@ use own::{file_ctime, file_mtime, read_content, set_file_mtime};
 pub(crate) use types::killed_setid;
 pub(crate) use types::now;
 pub use types::{
-    DirEntry, Invalidation, Kind, RenameMode, SetAttr, SetTime, Stat, WorkspaceRecord,
-    XATTR_VALUE_MAX, XattrMode,
+    DirEntry, Invalidation, Kind, Quota, RenameMode, SetAttr, SetTime, Stat, Usage,
+    WorkspaceRecord, XATTR_VALUE_MAX, XattrMode,
 };
 
 enum FileData {
@@ -151,6 +152,8 @@ impl Inode {
 }
 
 struct State {
+    /// The workspace's id (for errors).
+    id: WorkspaceId,
     base: Option<SnapshotId>,
     base_root: Hash,
     props: serde_json::Value,
@@ -174,6 +177,10 @@ struct State {
     /// record is (a crash before that would otherwise lose a synced file that a rename
     /// replaced, instead of finding its old content).
     held_files: Vec<(Ino, u64)>,
+    /// Its limits (`quota.rs`); `None`: unlimited, and `usage` is not kept.
+    quota: Option<Quota>,
+    /// What it holds, while it has a quota.
+    usage: Usage,
 }
 
 /// A mutable working directory over a base snapshot.
@@ -192,6 +199,8 @@ pub struct Workspace {
     sync_lock: parking_lot::Mutex<()>,
     /// Shared for lookups and reads of loaded state, exclusive for changes and loads.
     state: RwLock<State>,
+    /// It has a quota (read without the lock on every write an engine serves).
+    limited: AtomicBool,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -244,6 +253,7 @@ impl Workspace {
         let data = dir.join("data");
         let records = journal::load(shared.store.backend().as_ref(), rec.id)?;
         let mut st = State {
+            id: rec.id,
             base: rec.base,
             base_root: rec.base_root,
             props: rec.props.clone(),
@@ -257,6 +267,8 @@ impl Workspace {
             // Written before this process: their bytes are not known here.
             journaled: records.keys().map(|k| (*k, UNKNOWN_RECORD)).collect(),
             held_files: Vec::new(),
+            quota: rec.quota.filter(|q| !q.is_unlimited()),
+            usage: Usage::default(),
         };
         let mut next_file = 1;
         if records.contains_key(&Ino::ROOT) {
@@ -277,6 +289,8 @@ impl Workspace {
             // Records without a root are stale: the next sync deletes them.
             st.jdirty = st.journaled.keys().copied().collect();
         }
+        st.remeasure(&shared)?;
+        let limited = AtomicBool::new(st.quota.is_some());
         Ok(Workspace {
             shared,
             id: rec.id,
@@ -286,6 +300,7 @@ impl Workspace {
             data_created: AtomicBool::new(false),
             sync_lock: parking_lot::Mutex::new(()),
             state: RwLock::new(st),
+            limited,
         })
     }
 
@@ -318,6 +333,7 @@ impl Workspace {
             read_only: self.read_only,
             lower: st.lower,
             props: st.props.clone(),
+            quota: st.quota,
         }
     }
 
@@ -668,6 +684,7 @@ impl State {
         } else {
             (mode, gid)
         };
+        self.charge(0, 1)?;
         let generation = self.generation;
         let ino = self.alloc(Inode {
             node,
@@ -710,6 +727,8 @@ impl State {
         if is_dir {
             self.adjust_subdirs(parent, -1);
         }
+        let size = self.inodes.get(&ino).map_or(0, quota::file_size);
+        self.account(-(size as i64), -1);
         if let Some(i) = self.inodes.get_mut(&ino) {
             if let Some(p) = i.parents.iter().position(|&p| p == parent) {
                 i.parents.swap_remove(p);
@@ -728,6 +747,7 @@ impl State {
     /// Times are not set here: the own copy's mtime and ctime are what stat reports, and
     /// a flush or open that wrote nothing must not move them.
     fn note_written(&mut self, ino: Ino, end: Option<u64>, exact: Option<u64>) -> Result<()> {
+        let old = quota::file_size(self.inode(ino)?);
         let i = self.inode_mut(ino)?;
         if let Node::File(FileData::Owned {
             size,
@@ -745,6 +765,7 @@ impl State {
             }
             *committed = None;
         }
+        self.account_resize(ino, old);
         self.touch(ino);
         Ok(())
     }

@@ -101,7 +101,9 @@ impl Workspace {
             if st.inode(ino)?.kind() != Kind::File {
                 return Err(Error::InvalidArgument("truncate of a non-file".into()));
             }
+            st.check_resize(ino, size)?;
             let (file, _) = self.own(&mut st, ino, size == 0)?;
+            let old = quota::file_size(st.inode(ino)?);
             file.set_len(size).map_err(|e| Error::io("truncate", e))?;
             if let Node::File(FileData::Owned {
                 size: s,
@@ -114,6 +116,7 @@ impl Workspace {
                 *committed = None;
                 *writes += 1;
             }
+            st.account_resize(ino, old);
             let i = st.inode_mut(ino)?;
             i.attrs.mtime = t;
         }
@@ -328,6 +331,8 @@ impl Workspace {
         if st.entries(parent)?.contains_key(name) {
             return Err(Error::AlreadyExists(name.to_string()));
         }
+        let size = quota::file_size(st.inode(ino)?);
+        st.charge(size, 1)?;
         let t = now();
         st.entries_mut(parent)?.insert(name.clone(), ino);
         let i = st.inode_mut(ino)?;
@@ -486,6 +491,7 @@ impl Workspace {
     /// Writes `data` at `offset` (past the end leaves a hole); returns bytes written.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         self.check_writable()?;
+        self.reserve(ino, offset + data.len() as u64)?;
         self.copy_up(ino)?;
         let file = {
             let mut st = self.state.write();

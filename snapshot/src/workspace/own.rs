@@ -32,6 +32,7 @@ impl Workspace {
                 writes: 0,
             };
         }
+        st.account_resize(ino, content.size);
         if committed.is_none() {
             st.touch(ino);
         }

@@ -168,6 +168,41 @@ pub struct WorkspaceRecord {
     /// Opaque properties of the caller (the daemon keeps mountpoint and engine here).
     #[serde(default)]
     pub props: serde_json::Value,
+    /// Its limits; `None`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// Limits on what a workspace holds. A change that would take it past one fails with
+/// `QuotaExceeded` (EDQUOT) and changes nothing; a workspace already past a limit (set
+/// below its usage) can still shrink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Bytes of regular files: the sum of their sizes, counted once per name (as
+    /// `du --apparent-size --count-links` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Names: files, directories, symlinks and special files, counted once per name (a
+    /// hard link counts again); the root is not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
+}
+
+impl Quota {
+    /// True when it limits nothing.
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes.is_none() && self.inodes.is_none()
+    }
+}
+
+/// What a workspace holds, measured as `Quota` counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Bytes of regular files, once per name.
+    pub bytes: u64,
+    /// Names below the root.
+    pub inodes: u64,
 }
 
 pub(crate) fn now() -> Nanos {

@@ -678,3 +678,155 @@ fn a_failed_commit_of_a_paged_directory_retried_after_another_change() {
         );
     }
 }
+
+/// A backend whose next synced write, once armed, waits for the test to let it go (and
+/// then succeeds or fails with ENOSPC): the window in which a snapshot's batch is being
+/// written.
+struct GateBackend {
+    inner: MemBackend,
+    armed: std::sync::atomic::AtomicBool,
+    fail: std::sync::atomic::AtomicBool,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Backend for GateBackend {
+    fn get(
+        &self,
+        cf: helios_snapshot::store::Cf,
+        key: &[u8],
+    ) -> helios_snapshot::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+
+    fn write(
+        &self,
+        batch: helios_snapshot::store::Batch,
+        durability: helios_snapshot::Durability,
+    ) -> helios_snapshot::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if durability == helios_snapshot::Durability::Sync && self.armed.swap(false, SeqCst) {
+            self.entered.lock().expect("lock").send(()).expect("signal");
+            self.go.lock().expect("lock").recv().expect("go");
+            if self.fail.load(SeqCst) {
+                return Err(helios_snapshot::Error::io(
+                    "gated write",
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+        }
+        self.inner.write(batch, durability)
+    }
+
+    fn scan(
+        &self,
+        cf: helios_snapshot::store::Cf,
+        prefix: &[u8],
+        f: &mut helios_snapshot::store::backend::ScanFn<'_>,
+    ) -> helios_snapshot::Result<()> {
+        self.inner.scan(cf, prefix, f)
+    }
+
+    fn flush(&self) -> helios_snapshot::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Issue 9 item 1: a snapshot does not hold the workspace lock across its synced write.
+/// While the write is held open, the workspace serves lookups, reads and writes; the
+/// snapshot holds exactly what was there when it was built; what changed meanwhile stays
+/// uncommitted, reaches the next snapshot, and survives a crash after a sync. If the
+/// write fails, the changes made meanwhile survive too and the retry holds everything.
+#[test]
+fn a_snapshot_lets_the_workspace_work_while_its_write_syncs() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    for fail in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = MemBackend::new();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gate = Arc::new(GateBackend {
+            inner: inner.clone(),
+            armed: false.into(),
+            fail: fail.into(),
+            entered: std::sync::Mutex::new(entered_tx),
+            go: std::sync::Mutex::new(go_rx),
+        });
+        let repo = Arc::new(open(dir.path(), gate.clone()));
+        let ws = repo
+            .create_workspace(None, false, Default::default())
+            .expect("create");
+        ws.mkdir_path("d").expect("mkdir");
+        ws.write_file("d/a", b"before").expect("write");
+        let s0 = ws.snapshot(None, Default::default()).expect("snapshot");
+        ws.write_file("d/a", b"in the snapshot").expect("write");
+        let built = contents(&ws);
+
+        gate.armed.store(true, SeqCst);
+        let snapper = {
+            let ws = ws.clone();
+            std::thread::spawn(move || ws.snapshot(None, Default::default()))
+        };
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the snapshot reached its write");
+        // The write is held open: the workspace must still work.
+        let worker = {
+            let ws = ws.clone();
+            std::thread::spawn(move || {
+                ws.write_file("d/meanwhile", b"written during the sync")?;
+                ws.write_file("d/a", b"changed during the sync")?;
+                let d = ws.resolve("d")?;
+                ws.lookup(d, &n("meanwhile"))?;
+                ws.read_file("d/meanwhile")
+            })
+        };
+        let start = std::time::Instant::now();
+        while !worker.is_finished() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let finished = worker.is_finished();
+        go.send(()).expect("release the write");
+        assert!(
+            finished,
+            "the workspace stalled while the snapshot's write was open"
+        );
+        assert_eq!(
+            worker.join().expect("worker").expect("ops during the sync"),
+            b"written during the sync"
+        );
+        let after = contents(&ws);
+        let snap = snapper.join().expect("snapper");
+        let s1 = if fail {
+            assert!(snap.is_err(), "the gated write failed");
+            assert_eq!(ws.base(), Some(s0.id));
+            ws.snapshot(None, Default::default()).expect("retry")
+        } else {
+            let s1 = snap.expect("snapshot");
+            assert_eq!(snapshot_contents(&repo, s1.id), built);
+            assert!(
+                ws.dirty(),
+                "the changes made during the sync are uncommitted"
+            );
+            s1
+        };
+        assert_eq!(contents(&ws), after);
+        // What changed during the sync survives a crash after a sync...
+        if !fail {
+            ws.sync().expect("sync");
+            let id = ws.id();
+            drop(ws);
+            drop(repo); // crash
+            let repo = open(dir.path(), Arc::new(inner.clone()));
+            let ws = repo.open_workspace(id).expect("recover");
+            assert_eq!(contents(&ws), after);
+            // ... and reaches the next snapshot.
+            let s2 = ws.snapshot(None, Default::default()).expect("snapshot");
+            assert_eq!(s2.parent, Some(s1.id));
+            assert_eq!(snapshot_contents(&repo, s2.id), after);
+        } else {
+            assert_eq!(snapshot_contents(&repo, s1.id), after);
+        }
+    }
+}

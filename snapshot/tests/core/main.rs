@@ -7,6 +7,7 @@ mod edits;
 mod merge;
 mod model;
 mod pack;
+mod quota;
 mod repo;
 mod workspace;
 
