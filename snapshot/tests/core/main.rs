@@ -61,3 +61,18 @@ pub fn contents(ws: &Workspace) -> Vec<(String, Option<Vec<u8>>)> {
         })
         .collect()
 }
+
+/// What a walk of the workspace finds: every name, and the sizes of its files.
+pub fn walked(ws: &Workspace) -> helios_snapshot::Usage {
+    let mut u = helios_snapshot::Usage::default();
+    for (path, kind) in ws.walk().expect("walk") {
+        u.inodes += 1;
+        if kind == helios_snapshot::Kind::File {
+            u.bytes += ws
+                .getattr(ws.resolve(&path).expect("resolve"))
+                .expect("stat")
+                .size;
+        }
+    }
+    u
+}

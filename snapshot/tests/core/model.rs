@@ -550,8 +550,13 @@ fn model_of(ws: &Workspace) -> Model {
 fn run(ops: Vec<Op>) {
     let (dir, backend, repo) = mem_repo();
     let mut repo: Arc<Repo> = Arc::new(repo);
+    // Every workspace keeps a quota it never reaches, so its usage is checked as well.
+    let quota = Some(helios_snapshot::Quota {
+        bytes: Some(1 << 50),
+        inodes: Some(1 << 40),
+    });
     let mut spaces = vec![(
-        repo.create_workspace(None, false, Default::default())
+        repo.create_workspace_with(None, false, Default::default(), quota)
             .expect("create"),
         Model::default(),
     )];
@@ -575,7 +580,7 @@ fn run(ops: Vec<Op>) {
             Op::Fork(k) if !snaps.is_empty() => {
                 let (id, _, frozen) = &snaps[k % snaps.len()];
                 let ws = repo
-                    .create_workspace(Some(*id), false, Default::default())
+                    .create_workspace_with(Some(*id), false, Default::default(), quota)
                     .expect("fork");
                 let m = Model::thaw(frozen);
                 durable.push(Durable::at(&m));
@@ -636,6 +641,11 @@ fn run(ops: Vec<Op>) {
         }
         let (ws, model) = &spaces[cur];
         assert_eq!(frozen_of(ws), model.freeze(), "step {step}: after {op:?}");
+        assert_eq!(
+            ws.usage(),
+            Some(super::walked(ws)),
+            "step {step}: usage after {op:?}"
+        );
     }
     // Every snapshot holds what the model froze, and equal content <=> equal root.
     for (id, root, frozen) in &snaps {

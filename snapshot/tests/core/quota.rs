@@ -7,7 +7,7 @@ use std::sync::Arc;
 use helios_snapshot::store::{Backend, MemBackend};
 use helios_snapshot::{Error, Kind, Name, Quota, Repo, SetAttr, Usage, Workspace};
 
-use super::contents;
+use super::{contents, walked};
 
 fn n(s: &str) -> Name {
     Name::try_from(s).expect("valid name")
@@ -15,21 +15,6 @@ fn n(s: &str) -> Name {
 
 fn open(dir: &std::path::Path, backend: Arc<dyn Backend>) -> Repo {
     Repo::open_with(dir, backend, 64 << 20).expect("open repo")
-}
-
-/// What a walk of the workspace finds: every name, and the sizes of its files.
-fn walked(ws: &Workspace) -> Usage {
-    let mut u = Usage::default();
-    for (path, kind) in ws.walk().expect("walk") {
-        u.inodes += 1;
-        if kind == Kind::File {
-            u.bytes += ws
-                .getattr(ws.resolve(&path).expect("resolve"))
-                .expect("stat")
-                .size;
-        }
-    }
-    u
 }
 
 fn over_quota<T: std::fmt::Debug>(r: helios_snapshot::Result<T>) -> bool {
