@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use helios_snapshot::store::{Backend, MemBackend};
-use helios_snapshot::{Error, Kind, Name, Quota, Repo, SetAttr, Usage, Workspace};
+use helios_snapshot::{Error, Kind, Name, Quota, Repo, SetAttr, Usage};
 
 use super::{contents, walked};
 
