@@ -359,6 +359,9 @@ struct State {
     /// Contents the last snapshots stored for the current layer's upper files: a
     /// snapshot rehashes only files written since.
     known: scan::Known,
+    /// The current layer's upper as the last snapshot's scan saw it, and that snapshot:
+    /// the next snapshot commits only what changed since, over it.
+    prev: Option<(SnapshotId, scan::Prev)>,
     mounted: bool,
 }
 
@@ -500,6 +503,7 @@ impl OverlayWorkspace {
                 next_gen,
                 clean_sig,
                 known: scan::Known::new(),
+                prev: None,
                 mounted: true,
             }),
         };
@@ -514,7 +518,13 @@ impl OverlayWorkspace {
     }
 
     fn sig(&self, st: &State) -> Result<u64> {
-        Ok(scan::scan(&st.layer().upper(), false, &st.known)?.sig)
+        Ok(scan::scan(
+            &st.layer().upper(),
+            false,
+            &st.known,
+            &scan::Prev::default(),
+        )?
+        .sig)
     }
 
     fn is_dirty(&self, st: &State) -> Result<bool> {
@@ -531,6 +541,11 @@ impl OverlayWorkspace {
 
     fn do_snapshot(&self, req: helios_snapshot::SnapshotRequest) -> Result<Snapshot> {
         let mut st = self.st.lock();
+        // What the last snapshot's scan saw, while the workspace still stands on it.
+        let prev = match st.prev.take() {
+            Some((id, seen)) if Some(id) == st.base => seen,
+            _ => scan::Prev::default(),
+        };
         let layer = st.layer();
         // The agent may rename or delete files while the upper is scanned and read (no
         // freeze): an entry gone between the scan and the commit's read of it fails that
@@ -538,11 +553,17 @@ impl OverlayWorkspace {
         let mut attempt = 0;
         let (scan, s) = loop {
             attempt += 1;
-            let result = scan::scan(&layer.upper(), true, &st.known).and_then(|scan| {
+            let result = scan::scan(&layer.upper(), true, &st.known, &prev).and_then(|scan| {
+                // Only what changed since the last snapshot, over it, where that is
+                // exact; else everything in the upper, over the lower layer.
+                let (over, edits) = match &scan.changes {
+                    Some(changes) => (st.base, changes),
+                    None => (layer.lower_id, &scan.edits),
+                };
                 let s = self.repo.commit_edits_with(
-                    layer.lower_id,
+                    over,
                     st.base,
-                    &scan.edits,
+                    edits,
                     req.clone(),
                     Some(self.id),
                 )?;
@@ -564,15 +585,27 @@ impl OverlayWorkspace {
         if scan.fresh.len() + st.known.len() > KNOWN_MAX {
             st.known.clear();
         }
+        let mut seen = scan.seen;
         for (path, key) in scan.fresh {
             match self.repo.entry_at(s.id, &path) {
-                Ok(Some(helios_snapshot::tree::EntryKind::File { content, .. })) => {
-                    st.known.insert(path, (key, content));
+                Ok(Some(kind @ helios_snapshot::tree::EntryKind::File { .. })) => {
+                    if let helios_snapshot::tree::EntryKind::File { content, .. } = &kind {
+                        st.known.insert(path.clone(), (key, *content));
+                    }
+                    // The next scan reuses the stored entry while the file's stat stays.
+                    if let Some(e) = seen.get_mut(&path) {
+                        e.edit = helios_snapshot::Edit::Entry(kind);
+                    }
                 }
                 _ => {
                     st.known.remove(&path);
+                    // Not stored as scanned (gone, or replaced meanwhile): read it again.
+                    seen.remove(&path);
                 }
             }
+        }
+        if seen.len() <= KNOWN_MAX {
+            st.prev = Some((s.id, seen));
         }
         Ok(s)
     }
@@ -616,6 +649,7 @@ impl OverlayWorkspace {
             }
         }
         st.known.clear();
+        st.prev = None;
         if let Some(prev) = st.current.replace(layer) {
             remove_later(prev.dir.clone());
         }

@@ -252,6 +252,84 @@ proptest! {
     }
 }
 
+/// Issue 7 item 2: successive snapshots of one overlay layer commit only what changed
+/// since the last one, over it; also when entries the last snapshot saw vanish from the
+/// upper (an upper-only file removed or moved away leaves no whiteout), a directory turns
+/// opaque, or a directory is moved (a redirect). Each snapshot is checked against a fuse
+/// workspace given the same operations; where only what changed is committed, its
+/// count of changed paths (relative to the parent) is the fuse one's too. A whole
+/// commit (over the lower layer) counts against the lower: those steps say `false`.
+#[test]
+fn successive_overlay_snapshots_match_fuse_ones() {
+    let mut h = Host::new();
+    let s0 = base(&h.repo);
+    let f = h.mount(Engine::Fuse, Some(s0));
+    let o = h.mount(Engine::Overlay, Some(s0));
+    type Step = fn(&Path) -> std::io::Result<()>;
+    let steps: &[(&str, bool, Step)] = &[
+        ("new files and dirs", true, |m| {
+            fs::create_dir_all(m.join("d/e"))?;
+            fs::write(m.join("d/e/f"), b"f")?;
+            fs::write(m.join("c"), b"c")?;
+            fs::write(m.join("a/x"), b"changed lower file")
+        }),
+        ("one small change", true, |m| {
+            fs::write(m.join("d/e/f"), b"f2")
+        }),
+        ("nothing", true, |_| Ok(())),
+        ("upper-only entries vanish", false, |m| {
+            fs::remove_file(m.join("c"))?;
+            fs::remove_dir_all(m.join("d"))
+        }),
+        ("a move of an upper-only file", true, |m| {
+            fs::write(m.join("g"), b"g")?;
+            Ok(())
+        }),
+        ("the move", false, |m| {
+            fs::rename(m.join("g"), m.join("a/g"))
+        }),
+        (
+            "a lower directory removed, then made again (opaque)",
+            false,
+            |m| {
+                fs::remove_dir_all(m.join("a/y"))?;
+                fs::create_dir(m.join("a/y"))?;
+                fs::write(m.join("a/y/new"), b"n")
+            },
+        ),
+        ("a new file in the opaque directory", false, |m| {
+            fs::write(m.join("a/y/new2"), b"n2")
+        }),
+        ("a lower directory moved (redirect)", false, |m| {
+            fs::rename(m.join("a"), m.join("moved"))
+        }),
+        ("a new file in the moved directory", false, |m| {
+            fs::write(m.join("moved/new3"), b"n3")
+        }),
+        ("a change below the moved one", true, |m| {
+            fs::write(m.join("moved/x"), b"x3")
+        }),
+        ("attributes only", true, |m| {
+            fs::set_permissions(m.join("moved/x"), fs::Permissions::from_mode(0o600))?;
+            xattr::set(m.join("b"), "user.k", b"v2")
+        }),
+    ];
+    for (what, exact, step) in steps {
+        step(&h.path(f)).expect("fuse step");
+        step(&h.path(o)).expect("overlay step");
+        let (a, b) = (h.snapshot(f), h.snapshot(o));
+        assert_eq!(a.root, b.root, "after {what:?}");
+        if *exact {
+            assert_eq!(
+                a.metrics.changed_paths, b.metrics.changed_paths,
+                "changed paths after {what:?}"
+            );
+        }
+        assert!(!h.mounts[o].dirty(), "clean after {what:?}");
+    }
+    assert_eq!(tree(&h.path(f)), tree(&h.path(o)));
+}
+
 #[test]
 fn overlay_snapshot_checkout_dirty_and_remount() {
     let mut h = Host::new();
