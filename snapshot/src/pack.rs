@@ -69,6 +69,7 @@ impl Repo {
     /// Runs beside snapshots and reads; gc and prune wait for one snapshot's walk at a
     /// time, not for the whole pack.
     pub fn pack(&self) -> Result<PackReport> {
+        let _cold = self.store().without_filling();
         let backend = self.backend();
         let done = packed_through(backend)?;
         let all = snapshot::all(backend)?;

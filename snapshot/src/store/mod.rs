@@ -44,6 +44,20 @@ impl Weighter<Hash, Arc<[u8]>> for ByteWeight {
     }
 }
 
+thread_local! {
+    /// This thread reads without filling the cache (`Store::without_filling`).
+    static NO_FILL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Restores the thread's cache filling when dropped.
+pub(crate) struct NoFill(bool);
+
+impl Drop for NoFill {
+    fn drop(&mut self) {
+        NO_FILL.set(self.0);
+    }
+}
+
 /// Counters of the store, for `/v1/stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -140,8 +154,18 @@ impl Store {
             .get(Cf::Objects, hash.as_bytes())?
             .ok_or(Error::MissingObject(*hash))?;
         let bytes: Arc<[u8]> = self.decode_at(hash, &value, depth)?.into();
-        self.cache.insert(*hash, bytes.clone());
+        if !NO_FILL.get() {
+            self.cache.insert(*hash, bytes.clone());
+        }
         Ok(bytes)
+    }
+
+    /// Until the guard is dropped, this thread's reads use the cache but do not fill it:
+    /// for a pass over cold data (the packer reads every object of every new snapshot)
+    /// that would otherwise evict what the workspaces use, and grow the cache's tables
+    /// with many small entries the process then keeps.
+    pub(crate) fn without_filling(&self) -> NoFill {
+        NoFill(NO_FILL.replace(true))
     }
 
     /// Decodes and verifies a stored value of `hash`, reading a delta's base through
@@ -373,6 +397,39 @@ mod tests {
         let mut w = store.writer();
         w.put(b"hello").expect("put");
         assert_eq!(w.commit(Batch::new()).expect("commit"), (0, 0));
+    }
+
+    #[test]
+    fn reads_without_filling_leave_the_cache_as_it_was() {
+        let backend = MemBackend::new();
+        let h = {
+            let store = Store::open(Arc::new(backend.clone()), 1 << 20).expect("open");
+            let mut w = store.writer();
+            let h = w.put(b"cold object").expect("put");
+            w.commit(Batch::new()).expect("commit");
+            h
+        };
+        // A fresh store: nothing cached.
+        let store = Store::open(Arc::new(backend), 1 << 20).expect("open");
+        {
+            let _cold = store.without_filling();
+            assert_eq!(&*store.get(&h).expect("get"), b"cold object");
+            assert_eq!(&*store.get(&h).expect("get"), b"cold object");
+        }
+        let s = store.stats();
+        assert_eq!(
+            (s.cache_hits, s.cache_misses),
+            (0, 2),
+            "not cached while cold"
+        );
+        store.get(&h).expect("get");
+        store.get(&h).expect("get");
+        let s = store.stats();
+        assert_eq!(
+            (s.cache_hits, s.cache_misses),
+            (1, 3),
+            "cached once the guard is gone"
+        );
     }
 
     #[test]
