@@ -37,6 +37,11 @@ const DICT_SLICE: usize = 2048;
 /// The longest chain of deltas packing builds (a read decodes at most this many).
 pub const DELTA_DEPTH: u32 = 32;
 
+/// Snapshots whose visited objects a pack remembers at a time (see `pack`): the
+/// daemon's first pack after a busy spell walks tens of thousands, and sets of every
+/// object they hold cost ~200 bytes each, which the process keeps once grown.
+const PACK_BATCH: usize = 256;
+
 /// zstd level of packed values (background work: ratio over speed).
 const LEVEL: i32 = 12;
 
@@ -96,7 +101,15 @@ impl Repo {
             report: PackReport::default(),
             dict,
         };
-        for s in todo {
+        for (k, s) in todo.into_iter().enumerate() {
+            if k > 0 && k % PACK_BATCH == 0 {
+                // What this pack has visited is only a shortcut (every batch is written
+                // by now, and a packed value is recognized by its codec): forget it, so
+                // a pack of many snapshots holds no more than a batch of them.
+                p.seen = HashSet::new();
+                p.done = HashSet::new();
+                p.depth = HashMap::new();
+            }
             // gc waits while this snapshot is walked, and what the walk rewrote lands
             // before the lock goes: gc then sees every delta whose base it must keep.
             let _gc = self.shared.gc_lock.read();

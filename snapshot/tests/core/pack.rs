@@ -108,6 +108,21 @@ fn packed_history_reads_back_and_is_smaller() {
     check(&repo, &snaps);
 }
 
+/// A pack of more snapshots than it remembers visited objects for (256 at a time): the
+/// snapshots past each batch boundary are packed as deltas too, and everything reads
+/// back.
+#[test]
+fn a_pack_of_many_snapshots_packs_across_its_batches() {
+    let (_d, repo) = rocks_repo();
+    let snaps = history(&repo, 300);
+    let report = repo.pack().expect("pack");
+    assert_eq!(report.snapshots, snaps.len() as u64);
+    // Nine edited files per step, each a delta against its predecessor.
+    assert!(report.deltas > 9 * 290, "{report:?}");
+    assert_eq!(repo.pack().expect("pack again").rewritten, 0);
+    check(&repo, &snaps);
+}
+
 /// A base in a pruned branch stays while a live delta needs it: branch A edits f.rs
 /// twice (v2, then v3, packed as a delta against v2), sibling B holds v3 too (the same
 /// object); pruning A leaves v2 reachable only as v3's base.
