@@ -77,10 +77,10 @@ impl Repo {
         let _cold = self.store().without_filling();
         let backend = self.backend();
         let done = packed_through(backend)?;
-        let all = snapshot::all(backend)?;
-        let trees: HashMap<SnapshotId, Hash> = all.iter().map(|s| (s.id, s.tree)).collect();
-        let mut todo: Vec<_> = all.iter().filter(|s| s.id.0 > done).collect();
-        todo.sort_by_key(|s| s.id);
+        // Only the records not packed yet: a store of many snapshots would otherwise
+        // decode (and hold) every record at every pack.
+        let todo = snapshot::after(backend, done)?;
+        let mut trees: HashMap<SnapshotId, Hash> = todo.iter().map(|s| (s.id, s.tree)).collect();
         let dict = match backend.get(Cf::Meta, META_DICT)? {
             Some(v) if v.len() == 32 => {
                 let h = Hash::from_slice(&v)?;
@@ -125,7 +125,20 @@ impl Repo {
             if p.dict.is_none() {
                 p.dictionary(s.tree)?;
             }
-            let old = s.parent.and_then(|id| trees.get(&id).copied());
+            let old = match s.parent {
+                Some(id) => match trees.get(&id) {
+                    Some(t) => Some(*t),
+                    // A parent packed earlier: its record, once.
+                    None => match snapshot::load(backend, id) {
+                        Ok(p) => {
+                            trees.insert(id, p.tree);
+                            Some(p.tree)
+                        }
+                        Err(_) => None,
+                    },
+                },
+                None => None,
+            };
             p.dir(old, s.tree)?;
             p.report.snapshots += 1;
             p.batch

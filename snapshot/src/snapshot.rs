@@ -133,6 +133,25 @@ pub(crate) fn all(backend: &dyn Backend) -> Result<Vec<Snapshot>> {
     Ok(out)
 }
 
+/// The snapshots with an id above `id`, in id order: the others' records are skipped by
+/// key, never decoded.
+pub(crate) fn after(backend: &dyn Backend, id: u64) -> Result<Vec<Snapshot>> {
+    let mut out = Vec::new();
+    backend.scan(Cf::Snapshots, &[], &mut |k, v| {
+        match SnapshotId::from_key(k) {
+            Some(i) if i.0 <= id => {}
+            _ => {
+                let name =
+                    SnapshotId::from_key(k).map_or_else(|| format!("{k:?}"), |i| i.to_string());
+                out.push(decode_record::<Snapshot>(&format!("snapshots/{name}"), v)?);
+            }
+        }
+        Ok(true)
+    })?;
+    out.sort_by_key(|s| s.id);
+    Ok(out)
+}
+
 /// Ids of the children of `parent` (`None`: the roots), in id order.
 pub(crate) fn children(
     backend: &dyn Backend,
