@@ -406,11 +406,17 @@ impl Daemon {
 
     /// Every workspace.
     pub fn list(&self) -> ApiResult<Vec<WorkspaceOut>> {
-        self.repo
-            .workspaces()?
-            .into_iter()
-            .map(|r| self.out(r.id))
-            .collect()
+        let mut out = Vec::new();
+        for r in self.repo.workspaces()? {
+            match self.out(r.id) {
+                Ok(w) => out.push(w),
+                // Deleted between the listing and its lookup (an unmount from outside
+                // drops a `drop_on_unmount` workspace at any moment): not listed.
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Snapshots a workspace (mounted or not).
