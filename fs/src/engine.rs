@@ -306,8 +306,7 @@ impl MountedWorkspace for Mount {
     }
 
     fn quota(&self) -> Option<(Quota, Usage)> {
-        let ws = self.workspace();
-        ws.quota().zip(ws.usage())
+        self.workspace().limits()
     }
 
     fn set_quota(&self, quota: Option<Quota>) -> Result<Option<Usage>> {

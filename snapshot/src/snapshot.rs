@@ -138,13 +138,10 @@ pub(crate) fn all(backend: &dyn Backend) -> Result<Vec<Snapshot>> {
 pub(crate) fn after(backend: &dyn Backend, id: u64) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
     backend.scan(Cf::Snapshots, &[], &mut |k, v| {
-        match SnapshotId::from_key(k) {
-            Some(i) if i.0 <= id => {}
-            _ => {
-                let name =
-                    SnapshotId::from_key(k).map_or_else(|| format!("{k:?}"), |i| i.to_string());
-                out.push(decode_record::<Snapshot>(&format!("snapshots/{name}"), v)?);
-            }
+        let key = SnapshotId::from_key(k);
+        if key.is_none_or(|i| i.0 > id) {
+            let name = key.map_or_else(|| format!("{k:?}"), |i| i.to_string());
+            out.push(decode_record::<Snapshot>(&format!("snapshots/{name}"), v)?);
         }
         Ok(true)
     })?;

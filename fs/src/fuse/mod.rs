@@ -654,7 +654,7 @@ impl Filesystem for HeliosFs {
                 let (mut files, mut ffree) = (s.files(), s.files_free());
                 // A quota shows as the size of the filesystem, as on a disk of that size
                 // (capped by what the host has left).
-                if let (Some(q), Some(u)) = (self.0.ws.quota(), self.0.ws.usage()) {
+                if let Some((q, u)) = self.0.ws.limits() {
                     if let Some(limit) = q.bytes {
                         let left = limit.saturating_sub(u.bytes) / frsize;
                         blocks = limit / frsize;

@@ -132,8 +132,13 @@ impl Workspace {
 
     /// What it holds now, while it has a quota (usage is kept only then).
     pub fn usage(&self) -> Option<Usage> {
+        self.limits().map(|(_, u)| u)
+    }
+
+    /// Its quota and what it holds against it, read together.
+    pub fn limits(&self) -> Option<(Quota, Usage)> {
         let st = self.state.read();
-        st.quota.map(|_| st.usage)
+        st.quota.map(|q| (q, st.usage))
     }
 
     /// Sets (or, with `None` or an unlimited quota, removes) its limits, persisted with
