@@ -50,6 +50,11 @@ enum Cmd {
         /// Serve file data in userspace even where FUSE passthrough is available.
         #[arg(long)]
         no_passthrough: bool,
+        /// Serve FUSE requests through the device even where the kernel offers
+        /// FUSE-over-io_uring (enabled by root with `echo Y >
+        /// /sys/module/fuse/parameters/enable_uring`).
+        #[arg(long)]
+        no_io_uring: bool,
         /// Seconds between background syncs of each workspace's journal, which bound
         /// what a crash loses of changes nobody fsynced; 0: sync only on fsync
         /// [default: 5].
@@ -60,7 +65,7 @@ enum Cmd {
         #[arg(long)]
         metrics_listen: Option<String>,
         /// A TOML file with any of: state_dir, socket, group, threads, passthrough,
-        /// journal_interval, metrics_listen. Flags given on the command line win.
+        /// io_uring, journal_interval, metrics_listen. Flags given on the command line win.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -178,6 +183,7 @@ struct ServeFile {
     group: Option<u32>,
     threads: Option<usize>,
     passthrough: Option<bool>,
+    io_uring: Option<bool>,
     journal_interval: Option<f64>,
     metrics_listen: Option<String>,
 }
@@ -403,6 +409,7 @@ fn run(cli: Cli) -> Result<()> {
         group,
         threads,
         no_passthrough,
+        no_io_uring,
         journal_interval,
         metrics_listen,
         config,
@@ -443,6 +450,7 @@ fn run(cli: Cli) -> Result<()> {
                     || std::fs::read_to_string("/etc/fuse.conf")
                         .is_ok_and(|c| c.lines().any(|l| l.trim() == "user_allow_other")),
                 journal_interval,
+                io_uring: !no_io_uring && file.io_uring.unwrap_or(true),
             },
             metrics_listen,
         };

@@ -143,15 +143,15 @@ impl Daemon {
     fn out(&self, id: WorkspaceId) -> ApiResult<WorkspaceOut> {
         let rec = self.repo.workspace_record(id)?;
         let mounted = self.mounts.lock().get(&id).cloned();
-        let (dirty, base, passthrough, lower, usage) = match &mounted {
+        let (dirty, base, caps, lower, usage) = match &mounted {
             Some(m) => (
                 m.mount.dirty(),
                 m.mount.base(),
-                m.mount.capabilities().passthrough,
+                m.mount.capabilities(),
                 m.mount.lower(),
                 m.mount.quota().map(|(_, u)| u),
             ),
-            None => (rec.head.is_some(), rec.base, false, None, None),
+            None => (rec.head.is_some(), rec.base, Default::default(), None, None),
         };
         Ok(WorkspaceOut {
             id: id.to_string(),
@@ -170,7 +170,8 @@ impl Daemon {
             mounted: mounted.is_some(),
             drop_on_unmount: drop_on_unmount(&rec),
             read_only: rec.read_only,
-            passthrough,
+            passthrough: caps.passthrough,
+            io_uring: caps.io_uring,
             lower: lower.map(str::to_string),
             quota: rec.quota,
             usage,

@@ -88,6 +88,9 @@ pub struct WorkspaceOut {
     pub read_only: bool,
     /// Whether open files are passed through to the kernel.
     pub passthrough: bool,
+    /// Whether FUSE requests come through io_uring rings (fuse engine).
+    #[serde(default)]
+    pub io_uring: bool,
     /// Overlay engine: its lower layer, `native` (a directory tree the kernel reads
     /// alone), `delta` (the difference from a native one, stacked over it) or `view` (a
     /// read-only FUSE view of the snapshot).

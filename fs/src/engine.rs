@@ -227,6 +227,8 @@ impl Engines {
 pub struct Capabilities {
     /// File data goes straight between the kernel and real files.
     pub passthrough: bool,
+    /// Requests come through FUSE-over-io_uring (a ring per CPU) instead of the device.
+    pub io_uring: bool,
 }
 
 /// A workspace served to the kernel at a mountpoint. Dropping it unmounts.
@@ -298,6 +300,7 @@ impl MountedWorkspace for Mount {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             passthrough: self.passthrough(),
+            io_uring: self.io_uring(),
         }
     }
 

@@ -12,7 +12,7 @@ mod overlay;
 
 pub use engine::{Capabilities, Engine, EngineChoice, Engines, MountedWorkspace};
 pub use fusermount::detach;
-pub use mount::{JOURNAL_INTERVAL, Mount, MountOptions, default_threads};
+pub use mount::{JOURNAL_INTERVAL, Mount, MountOptions, default_threads, uring_available};
 pub use overlay::{Lowers, OverlayWorkspace, Warmed};
 
 /// Errors of the engines.

@@ -26,6 +26,9 @@ pub struct MountOptions {
     /// Sync the workspace's journal this often in the background; `None`: only when a
     /// program asks (fsync, fdatasync, fsyncdir).
     pub journal_interval: Option<Duration>,
+    /// Serve requests through FUSE-over-io_uring where the kernel offers it (see
+    /// [`uring_available`]); otherwise, and as the fallback, through the device.
+    pub io_uring: bool,
 }
 
 impl Default for MountOptions {
@@ -35,6 +38,7 @@ impl Default for MountOptions {
             passthrough: true,
             allow_other: true,
             journal_interval: Some(JOURNAL_INTERVAL),
+            io_uring: true,
         }
     }
 }
@@ -44,6 +48,18 @@ impl Default for MountOptions {
 /// workspaces, each with its own threads and device descriptors).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
+/// FUSE-over-io_uring threads per CPU (each its own ring with one entry): a request that
+/// blocks (an fsync, a read from the store) leaves the other to serve the callers on
+/// that CPU.
+const URING_THREADS: usize = 2;
+
+/// Whether the kernel offers FUSE-over-io_uring (Linux 6.14+, and root enabled it:
+/// `echo Y > /sys/module/fuse/parameters/enable_uring`).
+pub fn uring_available() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|s| s.trim() == "Y")
 }
 
 /// How often a mounted workspace's journal is synced in the background by default,
@@ -75,7 +91,7 @@ impl std::fmt::Debug for Mount {
 impl Mount {
     /// Mounts `ws` at `mountpoint` (an existing directory) with the FUSE engine.
     pub fn fuse(ws: Arc<Workspace>, mountpoint: &Path, opts: &MountOptions) -> Result<Mount> {
-        let inner = Arc::new(Inner::new(ws.clone(), opts.passthrough));
+        let inner = Arc::new(Inner::new(ws.clone(), opts.passthrough, opts.io_uring));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("helios".into()),
@@ -92,6 +108,9 @@ impl Mount {
         }
         config.n_threads = Some(opts.threads.max(1));
         config.clone_fd = opts.threads > 1;
+        if opts.io_uring {
+            config.io_uring_threads = Some(URING_THREADS);
+        }
         let mount_err = |e| Error::Mount {
             context: format!("mount {}", mountpoint.display()),
             source: e,
@@ -151,6 +170,16 @@ impl Mount {
     /// Whether open files are passed through to the kernel.
     pub fn passthrough(&self) -> bool {
         self.inner.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests come through FUSE-over-io_uring rings (else the device).
+    pub fn io_uring(&self) -> bool {
+        self.inner.uring.load(Ordering::Relaxed)
+    }
+
+    /// How many of the requests served (see `requests`) came through the rings.
+    pub fn requests_through_rings(&self) -> u64 {
+        self.inner.counts.through_rings()
     }
 
     /// Snapshots the workspace, including every write that returned before this call

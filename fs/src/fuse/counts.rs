@@ -53,19 +53,37 @@ ops!(
     copy_file_range,
 );
 
-/// Counters of one mount.
+/// Counters of one mount, and how many of its requests came through io_uring rings.
 #[derive(Debug)]
-pub(crate) struct RequestCounts([AtomicU64; NAMES.len()]);
+pub(crate) struct RequestCounts([AtomicU64; NAMES.len()], AtomicU64);
 
 impl Default for RequestCounts {
     fn default() -> Self {
-        RequestCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+        RequestCounts(
+            std::array::from_fn(|_| AtomicU64::new(0)),
+            AtomicU64::new(0),
+        )
     }
+}
+
+thread_local! {
+    /// This thread serves a FUSE-over-io_uring ring (fuser names them so).
+    static RING: bool = std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("fuser-ring-"));
 }
 
 impl RequestCounts {
     pub(crate) fn bump(&self, op: Op) {
         self.0[op as usize].fetch_add(1, Ordering::Relaxed);
+        if RING.with(|r| *r) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests served by ring threads.
+    pub(crate) fn through_rings(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Every opcode with a non-zero count, in a fixed order.

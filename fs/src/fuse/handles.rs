@@ -44,6 +44,10 @@ pub(crate) struct Inner {
     pub(super) next_fh: AtomicU64,
     pub(crate) passthrough: AtomicBool,
     pub(super) want_passthrough: bool,
+    /// Asks the kernel for FUSE-over-io_uring at init.
+    pub(super) want_uring: bool,
+    /// The kernel granted it: requests come through per-CPU rings.
+    pub(crate) uring: AtomicBool,
     pub(super) state_dir: std::path::PathBuf,
     /// Tells the kernel about changes it did not ask for (set once the session exists).
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
@@ -61,7 +65,7 @@ pub(crate) struct Inner {
 const STATELESS_MAX: usize = 4096;
 
 impl Inner {
-    pub(crate) fn new(ws: Arc<Workspace>, want_passthrough: bool) -> Inner {
+    pub(crate) fn new(ws: Arc<Workspace>, want_passthrough: bool, want_uring: bool) -> Inner {
         let state_dir = ws.state_dir().to_path_buf();
         Inner {
             ws,
@@ -71,6 +75,8 @@ impl Inner {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             want_passthrough,
+            want_uring,
+            uring: AtomicBool::new(false),
             state_dir,
             notifier: std::sync::OnceLock::new(),
             no_open: AtomicBool::new(false),

@@ -86,8 +86,17 @@ impl Filesystem for HeliosFs {
             }
         }
         let _ = config.set_max_write(1 << 20);
+        if self.0.want_uring
+            && caps.contains(InitFlags::FUSE_OVER_IO_URING)
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        {
+            self.0.uring.store(true, Ordering::Relaxed);
+        }
         tracing::debug!(
             passthrough = self.0.passthrough.load(Ordering::Relaxed),
+            io_uring = self.0.uring.load(Ordering::Relaxed),
             "FUSE session initialized"
         );
         Ok(())

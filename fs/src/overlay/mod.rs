@@ -770,7 +770,7 @@ impl MountedWorkspace for OverlayWorkspace {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { passthrough: false }
+        Capabilities::default()
     }
 
     fn lower(&self) -> Option<&'static str> {

@@ -624,3 +624,82 @@ fn a_quota_gives_edquot_and_df_shows_it() {
         .expect("snapshot");
     assert_eq!(s.bytes, 4096 + 8192);
 }
+
+/// Issue 10 item 3: where the kernel offers FUSE-over-io_uring a mount is served through
+/// its rings (and through the device where it does not, or with `io_uring: false`), and
+/// a session's work comes out the same either way: writes and reads served in userspace
+/// up to the payload maximum (1 MiB) and past it, a listing of many pages, xattrs, links,
+/// renames, removals, and the snapshot of it all.
+#[test]
+fn requests_come_through_io_uring_rings_where_the_kernel_offers_them() {
+    let offered = helios_fs::uring_available();
+    let mut roots = Vec::new();
+    for io_uring in [true, false] {
+        let fx = Fixture::with(
+            None,
+            false,
+            helios_fs::MountOptions {
+                io_uring,
+                passthrough: false,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            fx.mount().io_uring(),
+            io_uring && offered,
+            "io_uring {io_uring}"
+        );
+        let big: Vec<u8> = (0..(3usize << 20) + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        fs::write(fx.p("big"), &big).expect("write big");
+        assert_eq!(fs::read(fx.p("big")).expect("read big"), big);
+        let f = File::open(fx.p("big")).expect("open");
+        let mut page = vec![0u8; 1 << 20];
+        f.read_exact_at(&mut page, 1 << 20)
+            .expect("read 1 MiB at 1 MiB");
+        assert_eq!(page, big[1 << 20..2 << 20]);
+        fs::create_dir(fx.p("d")).expect("mkdir");
+        for i in 0..600 {
+            fs::write(fx.p(&format!("d/{i:0>40}")), i.to_string()).expect("create");
+        }
+        assert_eq!(fs::read_dir(fx.p("d")).expect("readdir").count(), 600);
+        xattr::set(fx.p("big"), "user.k", b"v").expect("setxattr");
+        assert_eq!(
+            xattr::get(fx.p("big"), "user.k").expect("getxattr"),
+            Some(b"v".to_vec())
+        );
+        fs::hard_link(fx.p("big"), fx.p("d/link")).expect("link");
+        std::os::unix::fs::symlink("big", fx.p("sym")).expect("symlink");
+        assert_eq!(
+            fs::read_link(fx.p("sym")).expect("readlink"),
+            std::path::Path::new("big")
+        );
+        fs::rename(
+            fx.p("d/0000000000000000000000000000000000000007"),
+            fx.p("seven"),
+        )
+        .expect("rename");
+        fs::remove_file(fx.p("d/0000000000000000000000000000000000000008")).expect("unlink");
+        let s = fx
+            .mount()
+            .snapshot(None, Default::default())
+            .expect("snapshot");
+        let view = fx
+            .repo
+            .create_workspace(Some(s.id), true, Default::default())
+            .expect("view");
+        assert_eq!(view.read_file("d/link").expect("read"), big);
+        assert_eq!(view.read_file("seven").expect("read"), b"7");
+        let rings = fx.mount().requests_through_rings();
+        if fx.mount().io_uring() {
+            let all: u64 = fx.mount().requests().iter().map(|(_, n)| n).sum();
+            // Forgets and the init still come through the device.
+            assert!(rings * 10 > all * 9, "{rings} of {all} through the rings");
+        } else {
+            assert_eq!(rings, 0);
+        }
+        roots.push(s.root);
+    }
+    assert_eq!(roots[0], roots[1], "both transports give the same snapshot");
+}
