@@ -260,6 +260,22 @@ fn metrics_are_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("helios_workspaces_mounted 1"), "{text}");
+    // Memory by part, so an operator can tell what a growing daemon holds.
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(gauge("helios_process_resident_bytes") > 1e6, "{text}");
+    assert!(gauge("helios_rocksdb_memtable_bytes") > 0.0, "{text}");
+    assert!(gauge("helios_object_cache_bytes") > 0.0, "{text}");
+    for name in [
+        "helios_rocksdb_table_readers_bytes",
+        "helios_rocksdb_block_cache_bytes",
+        "helios_rocksdb_block_cache_pinned_bytes",
+    ] {
+        gauge(name);
+    }
     assert!(text.contains("helios_http_requests_total{method=\"POST\",route=\"/v1/workspaces/{id}/snapshot\",status=\"201\"} 1"), "{text}");
 }
 

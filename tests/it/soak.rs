@@ -23,6 +23,26 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The memory gauges of `/metrics` the soak reports next to RSS.
+const MEMORY_PARTS: [&str; 4] = [
+    "helios_object_cache_bytes",
+    "helios_rocksdb_memtable_bytes",
+    "helios_rocksdb_block_cache_bytes",
+    "helios_rocksdb_table_readers_bytes",
+];
+
+fn memory_parts(socket: &Path) -> [u64; 4] {
+    let text = match super::http(socket, "GET", "/metrics", None) {
+        Ok((200, v)) => v.as_str().unwrap_or_default().to_string(),
+        _ => String::new(),
+    };
+    MEMORY_PARTS.map(|name| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    })
+}
+
 fn read_all(root: &Path, files: &Files) -> Result<(), String> {
     for (p, want) in files {
         let got = std::fs::read(root.join(p)).map_err(|e| format!("read {p}: {e}"))?;
@@ -135,14 +155,17 @@ fn sixty_four_agents_run_the_mcts_loop() {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = done.clone();
+        let socket = socket.clone();
         std::thread::spawn(move || {
             let every = Duration::from_secs((secs / 20).max(1));
             let mut samples = Vec::new();
+            let mut parts = Vec::new();
             while !done.load(Ordering::Relaxed) {
                 samples.push((t0.elapsed().as_secs(), rss_kib(pid)));
+                parts.push(memory_parts(&socket));
                 std::thread::sleep(every);
             }
-            samples
+            (samples, parts)
         })
     };
     let mut all_nodes = Vec::new();
@@ -154,13 +177,18 @@ fn sixty_four_agents_run_the_mcts_loop() {
         }
     }
     done.store(true, Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
+    let (samples, parts) = sampler.join().expect("sampler");
     let rss_end = rss_kib(pid);
     let series: Vec<String> = samples
         .iter()
         .map(|(t, k)| format!("{t}s:{}", k >> 10))
         .collect();
     eprintln!("soak: daemon RSS over the run (MiB): {}", series.join(" "));
+    // What the daemon says it holds, by part, at the same moments.
+    for (i, part) in MEMORY_PARTS.iter().enumerate() {
+        let series: Vec<String> = parts.iter().map(|p| format!("{}", p[i] >> 20)).collect();
+        eprintln!("soak: {part} (MiB): {}", series.join(" "));
+    }
     // Over a long run the caches fill in the first half and then hold: the second
     // half's peak may not pass the first half's by more than noise.
     if secs >= 300 && samples.len() >= 8 {

@@ -25,8 +25,9 @@ pub async fn metrics(State(app): State<AppState>) -> ApiResult<impl IntoResponse
     let d = app.daemon.clone();
     let text = blocking(move || {
         let s = d.repo.stats()?;
+        let store = d.repo.store().stats();
         let lookups = (s.cache_hits + s.cache_misses).max(1) as f64;
-        let gauges = [
+        let mut gauges = vec![
             (
                 "helios_store_objects",
                 "Objects in the store.",
@@ -53,7 +54,39 @@ pub async fn metrics(State(app): State<AppState>) -> ApiResult<impl IntoResponse
                 "Object cache hits / lookups since start.",
                 s.cache_hits as f64 / lookups,
             ),
+            (
+                "helios_object_cache_bytes",
+                "Bytes held by the object cache.",
+                store.cache_bytes as f64,
+            ),
+            (
+                "helios_process_resident_bytes",
+                "The daemon's resident memory (VmRSS).",
+                resident_bytes() as f64,
+            ),
         ];
+        for (part, bytes) in d.repo.store().backend().memory() {
+            let (name, help) = match part {
+                "memtables" => (
+                    "helios_rocksdb_memtable_bytes",
+                    "RocksDB memtables, all column families.",
+                ),
+                "table_readers" => (
+                    "helios_rocksdb_table_readers_bytes",
+                    "RocksDB table readers outside the block cache (estimate).",
+                ),
+                "block_cache" => (
+                    "helios_rocksdb_block_cache_bytes",
+                    "RocksDB block cache in use (bounded, shared).",
+                ),
+                "block_cache_pinned" => (
+                    "helios_rocksdb_block_cache_pinned_bytes",
+                    "RocksDB block cache entries pinned.",
+                ),
+                _ => continue,
+            };
+            gauges.push((name, help, bytes as f64));
+        }
         Ok(d.metrics.render(&gauges))
     })
     .await?;
@@ -77,4 +110,14 @@ pub async fn pack(State(app): State<AppState>) -> ApiResult<Json<PackReport>> {
 pub async fn fsck(State(app): State<AppState>) -> ApiResult<Json<FsckReport>> {
     let repo = app.daemon.repo.clone();
     Ok(Json(blocking(move || Ok(repo.fsck()?)).await?))
+}
+
+/// VmRSS of this process, in bytes (0 where /proc does not say).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |k| k << 10)
 }

@@ -172,6 +172,12 @@ pub trait Backend: Send + Sync + 'static {
     fn compact(&self, _cf: Cf) -> Result<()> {
         Ok(())
     }
+
+    /// What the backend holds in memory, by part, in bytes (for `/metrics`); nothing for
+    /// backends that do not say.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 type Maps = BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>;

@@ -69,6 +69,8 @@ pub struct StoreStats {
     pub cache_hits: u64,
     /// Cache misses since open.
     pub cache_misses: u64,
+    /// Bytes held by the object cache.
+    pub cache_bytes: u64,
 }
 
 /// The content-addressed object store.
@@ -228,6 +230,7 @@ impl Store {
             stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
             cache_hits: self.hits.load(Ordering::Relaxed),
             cache_misses: self.misses.load(Ordering::Relaxed),
+            cache_bytes: self.cache.weight(),
         }
     }
 

@@ -198,4 +198,29 @@ impl Backend for RocksBackend {
             .compact_range_cf(self.cf(cf)?, None::<&[u8]>, None::<&[u8]>);
         Ok(())
     }
+
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        let prop = |cf: &rocksdb::ColumnFamily, name: &str| {
+            self.db
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let (mut memtables, mut readers, mut cache, mut pinned) = (0, 0, 0, 0);
+        for cf in Cf::ALL {
+            let Ok(h) = self.cf(cf) else { continue };
+            memtables += prop(h, "rocksdb.cur-size-all-mem-tables");
+            readers += prop(h, "rocksdb.estimate-table-readers-mem");
+            // One block cache is shared by every column family: each reports all of it.
+            cache = prop(h, "rocksdb.block-cache-usage");
+            pinned = prop(h, "rocksdb.block-cache-pinned-usage");
+        }
+        vec![
+            ("memtables", memtables),
+            ("table_readers", readers),
+            ("block_cache", cache),
+            ("block_cache_pinned", pinned),
+        ]
+    }
 }
