@@ -7,7 +7,7 @@ set -euo pipefail
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/helios-target}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-need_pkgs=(clang libclang-dev pkg-config fuse3 sqlite3 git python3 python3-venv bubblewrap containerd runc podman busybox-static systemd)
+need_pkgs=(clang libclang-dev pkg-config protobuf-compiler fuse3 sqlite3 git python3 python3-venv bubblewrap containerd runc podman busybox-static systemd)
 
 install_deps() {
     local missing=()

@@ -64,8 +64,13 @@ enum Cmd {
         /// 127.0.0.1:9464.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Also serve containerd's snapshots API on this socket (a containerd proxy
+        /// plugin: `[proxy_plugins.helios] type = "snapshot" address = PATH`); its
+        /// active snapshots are mounted under PATH without its extension.
+        #[arg(long)]
+        snapshotter_socket: Option<PathBuf>,
         /// A TOML file with any of: state_dir, socket, group, threads, passthrough,
-        /// io_uring, journal_interval, metrics_listen. Flags given on the command line win.
+        /// io_uring, journal_interval, metrics_listen, snapshotter_socket. Flags given on the command line win.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -186,6 +191,7 @@ struct ServeFile {
     io_uring: Option<bool>,
     journal_interval: Option<f64>,
     metrics_listen: Option<String>,
+    snapshotter_socket: Option<PathBuf>,
 }
 
 impl ServeFile {
@@ -412,6 +418,7 @@ fn run(cli: Cli) -> Result<()> {
         no_io_uring,
         journal_interval,
         metrics_listen,
+        snapshotter_socket,
         config,
     } = cli.cmd
     {
@@ -453,6 +460,7 @@ fn run(cli: Cli) -> Result<()> {
                 io_uring: !no_io_uring && file.io_uring.unwrap_or(true),
             },
             metrics_listen,
+            snapshotter_socket: snapshotter_socket.or(file.snapshotter_socket),
         };
         return helios_daemon::serve(config).map_err(Into::into);
     }

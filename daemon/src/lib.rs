@@ -4,6 +4,7 @@
 pub mod api;
 pub mod error;
 pub mod metrics;
+pub mod snapshotter;
 pub mod state;
 pub mod wire;
 
@@ -32,6 +33,10 @@ pub struct Config {
     pub mount: MountOptions,
     /// Also serve `GET /metrics` (and nothing else) on this TCP address, for Prometheus.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Also serve containerd's snapshots API (gRPC, a containerd proxy plugin) on this
+    /// socket; its active snapshots are mounted under the socket's path without its
+    /// extension (see `snapshotter`).
+    pub snapshotter_socket: Option<PathBuf>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -285,6 +290,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     raise_fd_limit();
     let _lock = lock_state_dir(&config.state_dir)?;
     let repo = Arc::new(Repo::open(&config.state_dir)?);
+    if let Some(s) = &config.snapshotter_socket {
+        snapshotter::prepare_dirs(&repo, &snapshotter::mounts_dir(s));
+    }
     let daemon = Arc::new(Daemon::new(repo, config.mount.clone()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -326,6 +334,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(tcp, router).await {
                     tracing::warn!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
+        if let Some(socket) = config.snapshotter_socket.clone() {
+            let d = daemon.clone();
+            tokio::spawn(async move {
+                if let Err(e) = snapshotter::serve(d, socket).await {
+                    tracing::warn!(error = %e, "the containerd snapshotter stopped");
                 }
             });
         }

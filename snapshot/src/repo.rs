@@ -693,6 +693,38 @@ impl Repo {
         Ok(out)
     }
 
+    /// A record another program keeps in this store under `namespace` (the containerd
+    /// snapshotter's keys: `ext/<namespace>/<key>` in the meta column family).
+    pub fn ext_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.backend().get(Cf::Meta, &ext_key(namespace, key))
+    }
+
+    /// Puts (`Some`) or deletes (`None`) records of `namespace`, all in one synced write.
+    pub fn ext_write(&self, namespace: &str, records: &[(&str, Option<&[u8]>)]) -> Result<()> {
+        let mut b = Batch::new();
+        for (key, value) in records {
+            match value {
+                Some(v) => b.put(Cf::Meta, ext_key(namespace, key), v.to_vec()),
+                None => b.delete(Cf::Meta, ext_key(namespace, key)),
+            }
+        }
+        self.backend().write(b, Durability::Sync)
+    }
+
+    /// Every record of `namespace`, by key.
+    pub fn ext_list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let prefix = ext_key(namespace, "");
+        let mut out = Vec::new();
+        self.backend().scan(Cf::Meta, &prefix, &mut |k, v| {
+            out.push((
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                v.to_vec(),
+            ));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Deletes a workspace, its record and its files. Its uncommitted changes are lost.
     pub fn delete_workspace(&self, id: WorkspaceId) -> Result<()> {
         self.workspace_record(id)?;
@@ -781,4 +813,9 @@ pub(crate) fn empty_node() -> DirNode {
         },
         entries: Vec::new(),
     }
+}
+
+/// The meta key of record `key` of `namespace` (see `Repo::ext_get`).
+fn ext_key(namespace: &str, key: &str) -> Vec<u8> {
+    format!("ext/{namespace}/{key}").into_bytes()
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{Daemon, unmount_under};
 
-fn run(cmd: &mut Command) -> String {
+pub(super) fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -27,7 +27,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// Polls `f` for up to 30 s.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(
@@ -105,7 +105,7 @@ fn drive(d: &Daemon, mp: &Path, s1: &str, s2: &str, mut seen: impl FnMut() -> St
 }
 
 /// A containerd of the test's own; dropping it kills its containers and itself.
-struct Containerd {
+pub(super) struct Containerd {
     dir: PathBuf,
     socket: PathBuf,
     child: Child,
@@ -114,6 +114,11 @@ struct Containerd {
 
 impl Containerd {
     fn start(dir: PathBuf) -> Containerd {
+        Containerd::start_with(dir, "")
+    }
+
+    /// With `extra` appended to its config (a proxy plugin).
+    pub(super) fn start_with(dir: PathBuf, extra: &str) -> Containerd {
         fs::create_dir_all(&dir).expect("mkdir");
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
@@ -121,7 +126,7 @@ impl Containerd {
             &config,
             format!(
                 "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\n  address = {:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n",
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n{extra}",
                 dir.join("root"),
                 dir.join("state"),
                 socket
@@ -153,7 +158,7 @@ impl Containerd {
         c
     }
 
-    fn ctr(&self) -> Command {
+    pub(super) fn ctr(&self) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address").arg(&self.socket);
         c

@@ -14,6 +14,7 @@ mod ops;
 mod overlay;
 mod rootless;
 mod sandbox;
+mod snapshotter;
 mod soak;
 
 use std::io::{Read, Write};
