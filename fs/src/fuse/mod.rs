@@ -93,6 +93,11 @@ impl Filesystem for HeliosFs {
                 .is_ok()
         {
             self.0.uring.store(true, Ordering::Relaxed);
+            // Every ring entry keeps a payload buffer of the largest request or reply
+            // (two entries per CPU per mount, pages resident once a request used them):
+            // 256 KiB bounds that to 1 MiB per CPU per mount. Data mostly goes through
+            // passthrough anyway; writes served here come in 256 KiB pieces.
+            let _ = config.set_max_write(256 << 10);
         }
         tracing::debug!(
             passthrough = self.0.passthrough.load(Ordering::Relaxed),
