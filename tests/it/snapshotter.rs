@@ -2,8 +2,9 @@
 //! test's own with helios as a proxy plugin (`serve --snapshotter-socket`): snapshots
 //! prepared, mounted the way containerd mounts them, committed, viewed read-only,
 //! labelled, kept across a restart of the daemon, refused removal while they have
-//! children, removed; then an image archive the test builds is imported and unpacked
-//! into helios snapshots and a container runs over them.
+//! children, removed; then an image archive the test builds (two layers, the second
+//! with a whiteout) is imported and unpacked into helios snapshots and a container runs
+//! over them.
 
 use std::fs;
 use std::path::Path;
@@ -30,14 +31,23 @@ with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
         add(t, "bin/" + a, kind=tarfile.SYMTYPE, link="busybox")
     add(t, "etc/hello", b"from the image\n")
 raw = layer.getvalue()
+# A second layer: deletes etc/hello (an OCI whiteout) and adds etc/second.
+layer2 = io.BytesIO()
+with tarfile.open(fileobj=layer2, mode="w", format=tarfile.PAX_FORMAT) as t:
+    add(t, "etc", kind=tarfile.DIRTYPE, mode=0o755)
+    add(t, "etc/.wh.hello", b"")
+    add(t, "etc/second", b"from the second layer\n")
+raw2 = layer2.getvalue()
 gz = gzip.compress(raw, mtime=0)
+gz2 = gzip.compress(raw2, mtime=0)
 def sha(b): return "sha256:" + hashlib.sha256(b).hexdigest()
 config = json.dumps({"architecture": "amd64", "os": "linux",
     "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-    "rootfs": {"type": "layers", "diff_ids": [sha(raw)]}}).encode()
+    "rootfs": {"type": "layers", "diff_ids": [sha(raw), sha(raw2)]}}).encode()
+layer_desc = lambda b: {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(b), "size": len(b)}
 manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
     "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": len(config)},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(gz), "size": len(gz)}]}).encode()
+    "layers": [layer_desc(gz), layer_desc(gz2)]}).encode()
 index = json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
     "digest": sha(manifest), "size": len(manifest),
     "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "latest"}}]}).encode()
@@ -46,7 +56,7 @@ with tarfile.open(out, "w") as t:
     add(t, "index.json", index)
     add(t, "blobs", kind=tarfile.DIRTYPE, mode=0o755)
     add(t, "blobs/sha256", kind=tarfile.DIRTYPE, mode=0o755)
-    for b in [config, manifest, gz]:
+    for b in [config, manifest, gz, gz2]:
         add(t, "blobs/sha256/" + hashlib.sha256(b).hexdigest(), b)
 "#;
 
@@ -193,9 +203,11 @@ fn containerd_keeps_its_snapshots_in_helios_and_runs_an_image_over_them() {
         .args(["images", "import", "--snapshotter", "helios"])
         .arg(&image));
     let ls = sn(&["ls"]);
+    let layers: Vec<&str> = ls.lines().filter(|l| l.contains("Committed")).collect();
+    assert_eq!(layers.len(), 2, "a committed snapshot per layer: {ls}");
     assert!(
-        ls.contains("sha256:") && ls.contains("Committed"),
-        "the layer: {ls}"
+        layers.iter().any(|l| l.split_whitespace().count() == 3),
+        "the second layer's parent is the first: {ls}"
     );
     let said = run(ctrd.ctr().args([
         "run",
@@ -206,9 +218,10 @@ fn containerd_keeps_its_snapshots_in_helios_and_runs_an_image_over_them() {
         "hbox-1",
         "/bin/sh",
         "-c",
-        "cat /etc/hello; echo written > /tmp/x; cat /tmp/x",
+        "cat /etc/second; ls /etc; echo written > /tmp/x; cat /tmp/x",
     ]));
-    assert_eq!(said, "from the image\nwritten\n");
+    // The second layer's whiteout took the first's file away.
+    assert_eq!(said, "from the second layer\nsecond\nwritten\n");
 
     // containerd removes its snapshotters' snapshots in its garbage collection (Walk,
     // then Remove of what it no longer references); a synchronous image removal runs
