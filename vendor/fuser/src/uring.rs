@@ -280,7 +280,19 @@ pub(crate) fn serve<FS: Filesystem>(
     while alive > 0 {
         match q.ring.submit_and_wait(1) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            // Interrupted, or short of memory or completion room for a moment: a ring
+            // thread that gave up would leave its CPU's callers waiting on its entry.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                continue;
+            }
             Err(e) => {
                 error!("fuse ring {qid}: {e}");
                 result = Err(e);
