@@ -235,3 +235,139 @@ fn containerd_keeps_its_snapshots_in_helios_and_runs_an_image_over_them() {
     let records = sn(&["ls"]);
     assert!(!records.contains("sha256:"), "{records}");
 }
+
+/// The snapshotter's own answers to bad requests, straight over gRPC (containerd's
+/// metadata layer would catch most of them before they reach a snapshotter): each a
+/// clear gRPC code and message, and nothing changed by the refused call.
+#[test]
+fn the_snapshotter_answers_bad_requests_with_grpc_codes() {
+    use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
+    use containerd_snapshots::api::snapshots::v1::*;
+    use containerd_snapshots::tonic::Code;
+
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let ss = sockets.path().join("snapshotter.sock");
+    let ss_str = ss.to_str().expect("utf-8").to_string();
+    let d = Daemon::start_args(&["--snapshotter-socket", &ss_str]);
+    eventually("the snapshotter's socket", || ss.exists());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let path = ss.clone();
+        let channel = containerd_snapshots::tonic::transport::Endpoint::try_from("http://[::]:0")
+            .expect("endpoint")
+            .connect_with_connector(tower_04::service_fn(move |_| {
+                tokio::net::UnixStream::connect(path.clone())
+            }))
+            .await
+            .expect("connect");
+        let mut c = SnapshotsClient::new(channel);
+        let sn = "helios".to_string();
+        fn code<T>(r: Result<T, containerd_snapshots::tonic::Status>) -> Code {
+            match r {
+                Ok(_) => panic!("accepted"),
+                Err(s) => {
+                    assert!(!s.message().is_empty(), "a message for {:?}", s.code());
+                    s.code()
+                }
+            }
+        }
+        let prepare = |key: &str, parent: &str| PrepareSnapshotRequest {
+            snapshotter: sn.clone(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: Default::default(),
+        };
+        c.prepare(prepare("a", "")).await.expect("prepare a");
+        assert_eq!(code(c.prepare(prepare("a", "")).await), Code::AlreadyExists);
+        assert_eq!(code(c.prepare(prepare("b", "nope")).await), Code::NotFound);
+        assert_eq!(
+            code(c.prepare(prepare("b", "a")).await),
+            Code::FailedPrecondition,
+            "an active parent"
+        );
+        assert_eq!(
+            code(c.prepare(prepare("", "")).await),
+            Code::InvalidArgument
+        );
+        let commit = |name: &str, key: &str| CommitSnapshotRequest {
+            snapshotter: sn.clone(),
+            name: name.into(),
+            key: key.into(),
+            labels: Default::default(),
+        };
+        assert_eq!(code(c.commit(commit("x", "nope")).await), Code::NotFound);
+        c.commit(commit("A", "a")).await.expect("commit");
+        assert_eq!(
+            code(c.commit(commit("A2", "a")).await),
+            Code::NotFound,
+            "a is gone"
+        );
+        c.view(ViewSnapshotRequest {
+            snapshotter: sn.clone(),
+            key: "v".into(),
+            parent: "A".into(),
+            labels: Default::default(),
+        })
+        .await
+        .expect("view");
+        assert_eq!(
+            code(c.commit(commit("V", "v")).await),
+            Code::FailedPrecondition,
+            "a view does not commit"
+        );
+        let mounts = |key: &str| MountsRequest {
+            snapshotter: sn.clone(),
+            key: key.into(),
+        };
+        assert_eq!(code(c.mounts(mounts("A")).await), Code::FailedPrecondition);
+        assert_eq!(code(c.mounts(mounts("nope")).await), Code::NotFound);
+        let remove = |key: &str| RemoveSnapshotRequest {
+            snapshotter: sn.clone(),
+            key: key.into(),
+        };
+        assert_eq!(
+            code(c.remove(remove("A")).await),
+            Code::FailedPrecondition,
+            "A has a child"
+        );
+        assert_eq!(code(c.remove(remove("nope")).await), Code::NotFound);
+        let update = UpdateSnapshotRequest {
+            snapshotter: sn.clone(),
+            info: Some(Info {
+                name: "A".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types_011::FieldMask {
+                paths: vec!["parent".into()],
+            }),
+        };
+        assert_eq!(code(c.update(update).await), Code::InvalidArgument);
+        // Nothing the refusals touched changed: A is still there, with its child.
+        let st = c
+            .stat(StatSnapshotRequest {
+                snapshotter: sn.clone(),
+                key: "A".into(),
+            })
+            .await
+            .expect("stat")
+            .into_inner();
+        assert_eq!(st.info.expect("info").name, "A");
+        c.remove(remove("v")).await.expect("remove v");
+        c.remove(remove("A")).await.expect("remove A");
+        assert_eq!(
+            code(
+                c.stat(StatSnapshotRequest {
+                    snapshotter: sn.clone(),
+                    key: "A".into()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+    });
+    let left = d.json(&["ls"]);
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+}
