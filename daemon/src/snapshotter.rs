@@ -106,9 +106,43 @@ fn core_status(e: helios_snapshot::Error) -> Status {
 }
 
 /// Where the mounts of the snapshotter at `socket` live: the socket's path without its
-/// extension (`/run/helios/snapshotter.sock` -> `/run/helios/snapshotter/`).
+/// extension (`/run/helios/snapshotter.sock` -> `/run/helios/snapshotter/`), or with
+/// `.d` appended when it has none.
 pub fn mounts_dir(socket: &Path) -> PathBuf {
-    socket.with_extension("")
+    if socket.extension().is_some() {
+        socket.with_extension("")
+    } else {
+        let mut p = socket.as_os_str().to_owned();
+        p.push(".d");
+        PathBuf::from(p)
+    }
+}
+
+/// Deletes the workspaces mounted in the snapshotter's directory that no record names:
+/// what a crash between a Prepare's mount and its record left. Returns how many.
+fn remove_orphans(d: &Daemon, dir: &Path) -> Result<usize, Status> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(0);
+    };
+    let named: std::collections::HashSet<String> = d
+        .repo
+        .ext_list(NS)
+        .map_err(core_status)?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<Record>(&v).ok()?.mountpoint)
+        // Workspaces' mountpoints are canonical paths; compare like with like.
+        .map(|m| std::fs::canonicalize(&m).map_or(m, |p| p.display().to_string()))
+        .collect();
+    let mut n = 0;
+    for w in d.list().map_err(api_status)? {
+        if Path::new(&w.mountpoint).starts_with(&dir) && !named.contains(&w.mountpoint) {
+            tracing::info!(workspace = %w.id, mountpoint = %w.mountpoint, "snapshotter: removing a workspace no record names");
+            d.delete(parse_workspace(&w.id)?).map_err(api_status)?;
+            let _ = std::fs::remove_dir(&w.mountpoint);
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Creates the mountpoints of every active snapshot and view before the daemon mounts
@@ -183,12 +217,14 @@ impl HeliosSnapshotter {
                     }
                 }
             };
-            // One directory per key, named so any key fits.
+            // One directory per key, named so any key fits. A workspace already there is
+            // an earlier Prepare of this key that crashed before its record.
             let mp = dir.join(helios_snapshot::Hash::of(key.as_bytes()).to_string());
+            remove_orphans(d, &dir)?;
             std::fs::create_dir_all(&mp)
                 .map_err(|e| Status::internal(format!("create {}: {e}", mp.display())))?;
             let mp_str = mp.display().to_string();
-            let ws = d
+            let created = d
                 .create(
                     &mp_str,
                     from,
@@ -199,7 +235,14 @@ impl HeliosSnapshotter {
                         quota: None,
                     },
                 )
-                .map_err(api_status)?;
+                .map_err(api_status);
+            let ws = match created {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&mp);
+                    return Err(e);
+                }
+            };
             let t = now();
             let rec = Record {
                 kind,
@@ -213,6 +256,7 @@ impl HeliosSnapshotter {
             };
             if let Err(e) = write(d, &[(&key, Some(&rec))]) {
                 let _ = parse_workspace(&ws.id).map(|id| d.delete(id));
+                let _ = std::fs::remove_dir(&mp);
                 return Err(e);
             }
             Ok(mounts_of(&rec))
@@ -489,6 +533,14 @@ impl Snapshotter for HeliosSnapshotter {
         .await
     }
 
+    /// containerd's Cleanup: removes the workspaces no record names (also run at start).
+    async fn clear(&self) -> Result<(), Status> {
+        let _one = self.changing.lock().await;
+        let dir = self.dir.clone();
+        self.blocking(move |d| remove_orphans(d, &dir).map(|_| ()))
+            .await
+    }
+
     type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Status>>>;
 
     async fn list(
@@ -531,7 +583,14 @@ pub async fn serve(daemon: Arc<Daemon>, socket: PathBuf) -> std::io::Result<()> 
     let listener = tokio::net::UnixListener::bind(&socket)?;
     tracing::info!(socket = %socket.display(), "containerd snapshotter listening");
     let dir = mounts_dir(&socket);
-    let service = containerd_snapshots::server(Arc::new(HeliosSnapshotter::new(daemon, dir)));
+    std::fs::create_dir_all(&dir)?;
+    // Canonical, as the workspaces' mountpoints are (a record names its mountpoint).
+    let dir = std::fs::canonicalize(&dir)?;
+    let sn = Arc::new(HeliosSnapshotter::new(daemon, dir));
+    if let Err(e) = sn.clear().await {
+        tracing::warn!(error = %e.message(), "snapshotter: orphaned workspaces not removed");
+    }
+    let service = containerd_snapshots::server(sn);
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))

@@ -241,29 +241,20 @@ fn containerd_keeps_its_snapshots_in_helios_and_runs_an_image_over_them() {
 /// clear gRPC code and message, and nothing changed by the refused call.
 #[test]
 fn the_snapshotter_answers_bad_requests_with_grpc_codes() {
-    use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
     use containerd_snapshots::api::snapshots::v1::*;
     use containerd_snapshots::tonic::Code;
 
     let sockets = tempfile::tempdir().expect("tempdir");
     let ss = sockets.path().join("snapshotter.sock");
     let ss_str = ss.to_str().expect("utf-8").to_string();
-    let d = Daemon::start_args(&["--snapshotter-socket", &ss_str]);
+    let mut d = Daemon::start_args(&["--snapshotter-socket", &ss_str]);
     eventually("the snapshotter's socket", || ss.exists());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let path = ss.clone();
-        let channel = containerd_snapshots::tonic::transport::Endpoint::try_from("http://[::]:0")
-            .expect("endpoint")
-            .connect_with_connector(tower_04::service_fn(move |_| {
-                tokio::net::UnixStream::connect(path.clone())
-            }))
-            .await
-            .expect("connect");
-        let mut c = SnapshotsClient::new(channel);
+        let mut c = client(ss.clone()).await;
         let sn = "helios".to_string();
         fn code<T>(r: Result<T, containerd_snapshots::tonic::Status>) -> Code {
             match r {
@@ -370,4 +361,57 @@ fn the_snapshotter_answers_bad_requests_with_grpc_codes() {
     });
     let left = d.json(&["ls"]);
     assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+
+    // What a crash between a Prepare's mount and its record leaves: a workspace in the
+    // snapshotter's directory that no record names. A Prepare of that key replaces it
+    // (instead of failing on a busy mountpoint forever), and a restart removes any other.
+    let dir = sockets.path().join("snapshotter");
+    let orphan = |name: &str| {
+        let mp = dir.join(name);
+        std::fs::create_dir_all(&mp).expect("mkdir");
+        d.json(&["mount", mp.to_str().expect("utf-8"), "--engine", "fuse"]);
+    };
+    orphan(&helios_snapshot::Hash::of(b"again").to_string());
+    orphan("stray");
+    rt.block_on(async {
+        client(ss.clone())
+            .await
+            .prepare(PrepareSnapshotRequest {
+                snapshotter: "helios".into(),
+                key: "again".into(),
+                parent: String::new(),
+                labels: Default::default(),
+            })
+            .await
+            .expect("a Prepare over a crashed one's leftovers");
+    });
+    let ws = d.json(&["ls"]);
+    assert_eq!(
+        ws.as_array().map(Vec::len),
+        Some(1),
+        "only the new one: {ws}"
+    );
+    orphan("stray");
+    assert!(d.stop().success(), "{}", d.log());
+    d.spawn();
+    eventually("the orphan removed at start", || {
+        d.json(&["ls"]).as_array().map(Vec::len) == Some(1)
+    });
+    assert!(!dir.join("stray").exists(), "its mountpoint goes too");
+}
+
+/// A gRPC client of the snapshotter at `socket`.
+async fn client(
+    socket: std::path::PathBuf,
+) -> containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient<
+    containerd_snapshots::tonic::transport::Channel,
+> {
+    let channel = containerd_snapshots::tonic::transport::Endpoint::try_from("http://[::]:0")
+        .expect("endpoint")
+        .connect_with_connector(tower_04::service_fn(move |_| {
+            tokio::net::UnixStream::connect(socket.clone())
+        }))
+        .await
+        .expect("connect");
+    containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient::new(channel)
 }
